@@ -3,6 +3,7 @@ package dev.kiln.cli;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.kiln.AtomicFile;
+import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.GptHfFormat;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Safetensors;
@@ -61,6 +62,9 @@ final class ExportCommand implements Callable<Integer> {
 
     private int export() throws IOException {
         RunCheckpoint rc = RunCheckpoint.load(run);
+        if (!(rc.model() instanceof Gpt gpt))
+            throw new TrainingException(rc.checkpoint() + ": kiln export writes HF GPT-2 layouts, and this run is a " + rc.model().describe()
+                    + "; its checkpoint's " + dev.kiln.train.CheckpointStore.MODEL_FILE + " already holds HF LlamaForCausalLM names");
         boolean adapterOnly = mode != null && mode.adapterOnly, int8 = mode != null && mode.int8;
         LoraConfig lora = rc.config().lora();
         Path parent = out.toAbsolutePath().getParent();
@@ -73,16 +77,16 @@ final class ExportCommand implements Callable<Integer> {
             if (adapterOnly) {
                 if (lora.rank() == 0)
                     throw new TrainingException(rc.checkpoint() + ": the run has no LoRA adapters (lora.rank 0); export it without --adapter-only");
-                tensors = GptHfFormat.exportAdapters(rc.model());
+                tensors = GptHfFormat.exportAdapters(gpt);
                 writeAdapterConfig(out.resolveSibling("adapter_config.json"), lora);
                 what = "LoRA adapters (rank " + lora.rank() + ", alpha " + lora.alpha() + ") + adapter_config.json";
             } else if (int8) {
                 int bits = rc.config().qat().enabled() ? rc.config().qat().bits() : 8;
-                tensors = GptHfFormat.exportInt8(rc.model(), bits);
+                tensors = GptHfFormat.exportInt8(gpt, bits);
                 meta.put("quantization", "symmetric int" + bits + " per output channel: weight = code * <name>" + GptHfFormat.SCALE_SUFFIX);
                 what = "int" + bits + " Linear weights + fp32 scales" + (rc.config().qat().weights() ? " (the weights the QAT run used)" : " (post-training quantisation)");
             } else {
-                tensors = GptHfFormat.exportMerged(rc.model());
+                tensors = GptHfFormat.exportMerged(gpt);
                 what = lora.rank() > 0 ? "HF GPT-2 weights, LoRA merged" : "HF GPT-2 weights";
             }
             Safetensors.write(out, tensors, meta);

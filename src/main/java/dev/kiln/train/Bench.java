@@ -4,7 +4,7 @@ import dev.kiln.backend.cpu.CpuBackend;
 import dev.kiln.data.BatchSampler;
 import dev.kiln.data.PreparedData;
 import dev.kiln.data.TokenShard;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.GptConfig;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.LrSchedule;
@@ -31,7 +31,7 @@ public final class Bench {
         PreparedData data = Workspace.prepareData(cfg.data());
         GptConfig mc = cfg.model().vocab_size() > 0 ? cfg.model() : cfg.model().withVocabSize(data.tokenizer().vocabSize());
         OptimConfig oc = cfg.optim();
-        Gpt model = RunSetup.buildModel(cfg.withModel(mc)); // LoRA and QAT as configured (lora.init_from is not loaded: speed does not depend on it)
+        CausalLm model = RunSetup.buildModel(cfg.withModel(mc)); // LoRA and QAT as configured (lora.init_from is not loaded: speed does not depend on it)
         Optimizer opt = RunSetup.optimizer(oc, model);
         MemoryAccount account = MemoryAccount.of(model, opt);
         LrSchedule schedule = LrSchedule.of(oc.schedule(), oc.learning_rate(), oc.min_lr(), oc.warmup_iters(), oc.decay_fraction());

@@ -3,6 +3,7 @@ package dev.kiln.train;
 import dev.kiln.KilnException;
 import dev.kiln.nn.Lora;
 import dev.kiln.nn.Qat;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.GptHfFormat;
 import dev.kiln.optim.Adafactor;
@@ -43,10 +44,10 @@ public final class RunSetup {
     private RunSetup() {}
 
     /** The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters (LoRA: the adapters only). */
-    public static Optimizer optimizer(OptimConfig oc, Gpt model) {
+    public static Optimizer optimizer(OptimConfig oc, CausalLm model) {
         // μP (model.init=mup): hidden matrices get learning rate × base_width/n_embd; see Gpt
-        List<ParamGroup> groups = model.config.mup()
-                ? ParamGroup.widthScaled(model.trainableParameters(), Gpt::isHiddenMatrix, model.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
+        List<ParamGroup> groups = model instanceof Gpt gpt && gpt.config.mup()
+                ? ParamGroup.widthScaled(model.trainableParameters(), Gpt::isHiddenMatrix, gpt.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
                 : ParamGroup.standard(model.trainableParameters(), oc.weight_decay(), oc.no_decay_weight_decay());
         return switch (oc.optimizer()) {
             case "adamw" -> new AdamW(groups, oc.beta1(), oc.beta2(), oc.eps());
@@ -61,14 +62,14 @@ public final class RunSetup {
     }
 
     /**
-     * The model a run config describes ({@code model.vocab_size} resolved): the GPT with its seed's
+     * The model a run config describes ({@code model.vocab_size} resolved): the GPT or Llama ({@code model.arch}) with its seed's
      * initialisation, LoRA adapters over a frozen base when {@code lora.rank > 0} (adapter init from a stream of
      * its own, so the base init is the same with and without), and fake quantisation when {@code qat:} asks for it
      * (active from the start when {@code qat.start_step} is 0). Base weights from {@code lora.init_from} are
      * loaded separately ({@link #loadBase}), since a checkpoint of the run replaces them anyway.
      */
-    public static Gpt buildModel(RunConfig cfg) {
-        Gpt model = new Gpt(cfg.model(), cfg.train().seed(), DType.F32);
+    public static CausalLm buildModel(RunConfig cfg) {
+        CausalLm model = CausalLm.build(cfg.model(), cfg.train().seed(), DType.F32);
         LoraConfig lc = cfg.lora();
         if (lc.rank() > 0) {
             try {
@@ -90,7 +91,7 @@ public final class RunSetup {
      * file in HF GPT-2 layout (int8 exports are dequantised), a checkpoint directory, or a run directory (its
      * newest checkpoint that verifies).
      */
-    public static void loadBase(Gpt model, String initFrom, PrintStream out) {
+    public static void loadBase(CausalLm model, String initFrom, PrintStream out) {
         Path p = Workspace.resolve(initFrom);
         Path file;
         if (Files.isRegularFile(p)) {
@@ -109,7 +110,7 @@ public final class RunSetup {
         try (var scope = MemoryScope.open()) {
             Map<String, Tensor> tensors = Safetensors.read(file).tensors();
             if (GptHfFormat.isInt8(tensors)) tensors = GptHfFormat.dequantizeInt8(tensors, file.toString());
-            GptHfFormat.loadBase(model, tensors, file.toString());
+            model.loadHfBase(tensors, file.toString());
         } catch (TrainingException e) {
             throw e;
         } catch (KilnException e) {
@@ -119,7 +120,7 @@ public final class RunSetup {
     }
 
     /** The weight averages {@code averaging:} switches on, in the order ema, swa, lawa. */
-    public static List<WeightAverage> averages(AveragingConfig ac, Gpt model) {
+    public static List<WeightAverage> averages(AveragingConfig ac, CausalLm model) {
         List<WeightAverage> out = new ArrayList<>();
         if (ac.ema_decay() > 0) out.add(WeightAverage.ema(model.namedParameters(), ac.ema_decay()));
         if (ac.swa_start() > 0) out.add(WeightAverage.swa(model.namedParameters(), ac.swa_start(), ac.swa_interval()));
@@ -133,7 +134,7 @@ public final class RunSetup {
      * state, and under AdamW count their own steps from 1 for bias correction, as PyTorch's per-parameter
      * state does (other optimizers keep their one shared count).
      */
-    public static Optimizer extended(OptimConfig oc, Gpt model, Optimizer old, Set<String> before) {
+    public static Optimizer extended(OptimConfig oc, CausalLm model, Optimizer old, Set<String> before) {
         Optimizer opt = optimizer(oc, model);
         Map<String, Tensor> had = old.stateDict();
         try (var scope = MemoryScope.open()) {

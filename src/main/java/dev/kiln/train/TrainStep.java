@@ -3,7 +3,7 @@ package dev.kiln.train;
 import dev.kiln.autograd.Tape;
 import dev.kiln.data.Batch;
 import dev.kiln.data.BatchSampler;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.optim.GradClip;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.tensor.MemoryScope;
@@ -23,13 +23,13 @@ public final class TrainStep {
     /** Loss and pre-clipping gradient norm of one step; when either is not finite, nothing was updated. */
     public record StepResult(double loss, double gradNorm) {}
 
-    /** {@link #step(Gpt, Optimizer, BatchSampler, int, double, double, double, double)} with the sampler's batch size and plain cross-entropy. */
-    public static StepResult step(Gpt model, Optimizer opt, BatchSampler sampler, double lr, double gradClip) {
+    /** {@link #step(CausalLm, Optimizer, BatchSampler, int, double, double, double, double)} with the sampler's batch size and plain cross-entropy. */
+    public static StepResult step(CausalLm model, Optimizer opt, BatchSampler sampler, double lr, double gradClip) {
         return step(model, opt, sampler, sampler.batchSize(), lr, gradClip, 0, 0);
     }
 
-    /** {@link #step(Gpt, Optimizer, Batch, double, double, double, double, double)} on the sampler's next batch of {@code b} sequences, no selection. */
-    public static StepResult step(Gpt model, Optimizer opt, BatchSampler sampler, int b, double lr, double gradClip,
+    /** {@link #step(CausalLm, Optimizer, Batch, double, double, double, double, double)} on the sampler's next batch of {@code b} sequences, no selection. */
+    public static StepResult step(CausalLm model, Optimizer opt, BatchSampler sampler, int b, double lr, double gradClip,
                                   double labelSmoothing, double zLoss) {
         return step(model, opt, sampler.next(b), lr, gradClip, labelSmoothing, zLoss, 1.0);
     }
@@ -39,7 +39,7 @@ public final class TrainStep {
      * backward (of the hardest rows only, with selective backprop: see {@link #forwardBackward}) → clip → update.
      * A non-finite loss or gradient norm returns before the update, leaving parameters and optimizer state untouched.
      */
-    public static StepResult step(Gpt model, Optimizer opt, Batch batch, double lr, double gradClip,
+    public static StepResult step(CausalLm model, Optimizer opt, Batch batch, double lr, double gradClip,
                                   double labelSmoothing, double zLoss, double selectFraction) {
         double loss = forwardBackward(model, batch, labelSmoothing, zLoss, selectFraction);
         if (!Double.isFinite(loss)) return new StepResult(loss, Double.NaN);
@@ -56,7 +56,7 @@ public final class TrainStep {
      * sequence's loss, then only the {@link #selectCount} hardest sequences are forwarded again and backpropagated,
      * as a batch of their own (in batch order), so the gradient is exactly that of a batch made of those rows.
      */
-    public static double forwardBackward(Gpt model, Batch batch, double labelSmoothing, double zLoss, double selectFraction) {
+    public static double forwardBackward(CausalLm model, Batch batch, double labelSmoothing, double zLoss, double selectFraction) {
         Batch trained = selectFraction < 1 ? batch.rows(hardestRows(model, batch, selectCount(batch.batchSize(), selectFraction))) : batch;
         int b = trained.batchSize(), t = trained.blockSize();
         try (var scope = MemoryScope.open()) {
@@ -81,7 +81,7 @@ public final class TrainStep {
      * The {@code k} rows of {@code batch} with the highest mean loss (plain cross-entropy, eval mode so no dropout
      * RNG is drawn), ties to the lower row, returned in ascending row order.
      */
-    public static int[] hardestRows(Gpt model, Batch batch, int k) {
+    public static int[] hardestRows(CausalLm model, Batch batch, int k) {
         int b = batch.batchSize(), t = batch.blockSize();
         double[] losses;
         boolean was = model.isTraining();

@@ -12,7 +12,7 @@ import dev.kiln.data.PreparedData;
 import dev.kiln.data.TokenShard;
 import dev.kiln.nn.Qat;
 import dev.kiln.nn.models.Generator;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.GptConfig;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.WeightAverage;
@@ -115,7 +115,7 @@ public final class Trainer {
         writeRunFiles(runDir, resolved, data);
         store.removeUnfinished();
 
-        Gpt model = RunSetup.buildModel(resolved);
+        CausalLm model = RunSetup.buildModel(resolved);
         if (!cfg.lora().init_from().isEmpty() && !(resume && !store.list().isEmpty())) RunSetup.loadBase(model, cfg.lora().init_from(), out);
         Optimizer opt = RunSetup.optimizer(oc, model);
         LayerDrop layerDrop = tc.layer_drop() > 0 ? new LayerDrop(tc.layer_drop(), tc.layer_drop_gamma(), tc.seed()) : null;
@@ -156,8 +156,8 @@ public final class Trainer {
                     out.println("kiln: resumed from " + latest.get() + " at step " + initial.step());
                 }
             }
-            out.printf("kiln: GPT %d layers, %d heads, %d embd, block %d, vocab %d: %,d parameters; %s; %d threads; data %s (%,d train / %,d val tokens)%n",
-                    model.depth(), mc.n_head(), mc.n_embd(), mc.block_size(), mc.vocab_size(), model.parameterCount(), opt.name(),
+            out.printf("kiln: %s: %,d parameters; %s; %d threads; data %s (%,d train / %,d val tokens)%n",
+                    model.describe(), model.parameterCount(), opt.name(),
                     CpuBackend.get().threads(), data.dir(), data.trainTokens(), data.valTokens());
             for (PreparedData m : members) Dedup.Report.read(m.dir()).ifPresent(r -> out.println("kiln: " + m.dir() + ": " + r.summary()));
             if (!cfg.data().mixture().isBlank())
@@ -185,7 +185,7 @@ public final class Trainer {
         }
     }
 
-    private static CheckpointStore.TrainerState restore(Path checkpoint, Gpt model, Optimizer opt, List<WeightAverage> averages, BatchSampler sampler,
+    private static CheckpointStore.TrainerState restore(Path checkpoint, CausalLm model, Optimizer opt, List<WeightAverage> averages, BatchSampler sampler,
                                                         LayerDrop layerDrop) {
         CheckpointStore.TrainerState st = CheckpointStore.load(checkpoint, model, opt, averages);
         sampler.restore(st.samplerState());
@@ -201,12 +201,12 @@ public final class Trainer {
     }
 
     /** Sets the model to {@code depth} blocks: grown (before a checkpoint's weights are loaded into it) or cut back (a rollback to before growth). */
-    private static void resize(Gpt model, int depth, String growthMethod, long seed) {
+    private static void resize(CausalLm model, int depth, String growthMethod, long seed) {
         if (depth > model.depth()) model.grow(depth, growthMethod, seed);
         else model.truncate(depth);
     }
 
-    private Result loop(Gpt model, Optimizer opt, LayerDrop layerDrop, List<WeightAverage> averages, LrSchedule schedule, BatchSampler sampler, TokenShard valShard,
+    private Result loop(CausalLm model, Optimizer opt, LayerDrop layerDrop, List<WeightAverage> averages, LrSchedule schedule, BatchSampler sampler, TokenShard valShard,
                         CheckpointStore store, JsonNode configJson, CheckpointStore.TrainerState initial, Path resumedFrom,
                         Path runDir, PreparedData data, StopRequests stops, MemoryAccount account, TbEvents tb) {
         long start = initial.step(), lastDone = start;
@@ -219,7 +219,7 @@ public final class Trainer {
         var faults = cfg.faults();
         TrainingConfig tc = cfg.train();
         OptimConfig oc = cfg.optim();
-        int t = model.config.block_size();
+        int t = model.blockSize();
         GrowthConfig growth = cfg.growth();
         Curriculum curriculum = new Curriculum(cfg.curriculum(), t);
         RunLength length = new RunLength(tc, oc, t, curriculum);
@@ -254,7 +254,7 @@ public final class Trainer {
                 long gc0 = gcMillis();
                 int b = length.batchSize(step);
                 double lr = schedule.lr(step, length.scheduleTotal(step, elapsed)) * RunSetup.lrScaling(oc, b) * lrScale;
-                if (step + 1 == corruptAtStep && corruptionsLeft-- > 0) model.lnF.weight.setFlat(0, Double.NaN);
+                if (step + 1 == corruptAtStep && corruptionsLeft-- > 0) model.finalNormWeight().setFlat(0, Double.NaN);
                 LayerDrop.Plan plan = layerDrop == null ? null : layerDrop.plan(step, model.depth());
                 if (plan != null) {
                     // a dropped block gets a zero gradient, not none, so its optimizer update (momentum, decay) is the same

@@ -5,11 +5,11 @@ import dev.kiln.nn.Embedding;
 import dev.kiln.nn.LayerNorm;
 import dev.kiln.nn.Linear;
 import dev.kiln.nn.Module;
+import dev.kiln.nn.Parameter;
 import dev.kiln.ops.Activations;
 import dev.kiln.ops.Arith;
 import dev.kiln.ops.Attention;
 import dev.kiln.ops.Linalg;
-import dev.kiln.ops.Losses;
 import dev.kiln.tensor.DType;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Rng;
@@ -17,6 +17,7 @@ import dev.kiln.tensor.Tensor;
 
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 
 /**
  * GPT-2 / nanoGPT: learned positions, pre-LayerNorm blocks, causal self-attention, 4× GELU MLP,
@@ -42,7 +43,7 @@ import java.util.List;
  * <p>Two training-time structure changes live here as mechanisms (their schedules are the trainer's):
  * depth growth ({@link #grow}) and per-step block skipping ({@link #setLayerPlan}).
  */
-public final class Gpt extends Module {
+public final class Gpt extends CausalLm {
     public final GptConfig config;
     public final Embedding wte, wpe;
     public final List<Block> blocks = new ArrayList<>();
@@ -95,11 +96,49 @@ public final class Gpt extends Module {
     }
 
     /** The generator behind every dropout mask (its state is part of a checkpoint). */
+    @Override
     public Rng dropoutRng() {
         return dropoutRng;
     }
 
+    @Override
+    public int blockSize() {
+        return config.block_size();
+    }
+
+    @Override
+    public int vocabSize() {
+        return config.vocab_size();
+    }
+
+    @Override
+    public Parameter finalNormWeight() {
+        return lnF.weight;
+    }
+
+    @Override
+    public String describe() {
+        return String.format("GPT %d layers, %d heads, %d embd, block %d, vocab %d", depth(), config.n_head(), config.n_embd(), config.block_size(), config.vocab_size());
+    }
+
+    /** HF GPT-2 layout: see {@link GptHfFormat}. */
+    @Override
+    public Map<String, Tensor> hfStateDict() {
+        return GptHfFormat.export(this);
+    }
+
+    @Override
+    public void loadHfStateDict(Map<String, Tensor> hf, String source) {
+        GptHfFormat.load(this, hf, source);
+    }
+
+    @Override
+    public void loadHfBase(Map<String, Tensor> hf, String source) {
+        GptHfFormat.loadBase(this, hf, source);
+    }
+
     /** Blocks now: config.n_layer until {@link #grow} (a checkpoint records it). */
+    @Override
     public int depth() {
         return blocks.size();
     }
@@ -114,6 +153,7 @@ public final class Gpt extends Module {
     }
 
     /** idx int32 (B, T) → logits (B, T, vocab). */
+    @Override
     public Tensor forward(Tensor idx) {
         int t = idx.size(1);
         if (t > config.block_size())
@@ -137,20 +177,6 @@ public final class Gpt extends Module {
         return Linalg.linear(x, wte.weight, null);
     }
 
-    /** Mean cross-entropy of next-token prediction; targets −1 are ignored. */
-    public Tensor loss(Tensor idx, Tensor targets) {
-        return loss(idx, targets, 0, 0);
-    }
-
-    /**
-     * Mean cross-entropy of next-token prediction with label smoothing ε ∈ [0, 1) and z-loss
-     * coefficient c ≥ 0 (see {@link Losses#crossEntropy(Tensor, Tensor, int, double, double)});
-     * targets −1 are ignored. ε = c = 0 is {@link #loss(Tensor, Tensor)}.
-     */
-    public Tensor loss(Tensor idx, Tensor targets, double labelSmoothing, double zLoss) {
-        return Losses.crossEntropy(forward(idx), targets, -1, labelSmoothing, zLoss);
-    }
-
     // ---- progressive stacking ------------------------------------------------------------------------
 
     /**
@@ -162,6 +188,7 @@ public final class Gpt extends Module {
      * {@code seed} and {@code toLayers}, so a rerun draws the same). n_layer in {@link #config} stays
      * the starting depth.
      */
+    @Override
     public void grow(int toLayers, String method, long seed) {
         int from = blocks.size();
         if (toLayers <= from) throw new IllegalArgumentException("cannot grow " + from + " blocks to " + toLayers);
@@ -180,6 +207,7 @@ public final class Gpt extends Module {
     }
 
     /** Drops the top blocks down to {@code depth} (a rollback to a checkpoint written before growth). */
+    @Override
     public void truncate(int depth) {
         if (depth < 1 || depth > blocks.size()) throw new IllegalArgumentException("cannot truncate " + blocks.size() + " blocks to " + depth);
         while (blocks.size() > depth) {
@@ -197,6 +225,7 @@ public final class Gpt extends Module {
      * so evaluation, which always runs every block unscaled, needs no correction). Null clears the plan.
      * Ignored in eval mode.
      */
+    @Override
     public void setLayerPlan(boolean[] keep, double[] keepProb) {
         if (keep != null && (keep.length != blocks.size() || keepProb == null || keepProb.length != blocks.size()))
             throw new IllegalArgumentException("layer plan for " + (keep.length) + " blocks, model has " + blocks.size());
@@ -212,25 +241,6 @@ public final class Gpt extends Module {
     /** Block forwards skipped by the layer plan so far. */
     public long blocksSkipped() {
         return blocksSkipped;
-    }
-
-    /**
-     * The mean next-token cross-entropy of each sequence of the batch, idx and targets int32 (B, T) → B values,
-     * without gradient (for ranking samples: selective backprop, difficulty scores). Each is the mean of its T
-     * per-token losses, summed in order in double precision.
-     */
-    public double[] sequenceLosses(Tensor idx, Tensor targets) {
-        int b = idx.size(0), t = idx.size(1);
-        double[] out = new double[b];
-        try (var ng = dev.kiln.autograd.Tape.noGradScope()) {
-            Tensor rows = Losses.crossEntropyRows(forward(idx), targets, -1);
-            for (int i = 0; i < b; i++) {
-                double s = 0;
-                for (int j = 0; j < t; j++) s += rows.getFlat((long) i * t + j);
-                out[i] = s / t;
-            }
-        }
-        return out;
     }
 
     /** One transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). */

@@ -95,6 +95,8 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         }
         oneOf("model.init", m.init(), GptConfig.INITS);
         nonNegative("model.mup_base_width", m.mup_base_width());
+        oneOf("model.arch", m.arch(), GptConfig.ARCHS);
+        validateArch(m);
 
         DataConfig d = data;
         notBlank("data.corpus", d.corpus());
@@ -262,6 +264,30 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         if (growth.on() && l.rank() > 0)
             fail("growth.at_step", "cannot be combined with lora.rank > 0 (new blocks would have no adapters)", "lora.rank");
         return this;
+    }
+
+    /** model.arch's own keys and the GPT-only techniques: each key belongs to the architecture that reads it. */
+    private void validateArch(GptConfig m) {
+        if (!m.llama()) {
+            if (m.n_kv_head() != 0) fail("model.n_kv_head", "is a Llama key; set model.arch: llama to use it", "model.arch");
+            if (m.intermediate_size() != 0) fail("model.intermediate_size", "is a Llama key (GPT's MLP is 4·n_embd); set model.arch: llama to use it", "model.arch");
+            if (m.rope_theta() != GptConfig.DEFAULT_ROPE_THETA) fail("model.rope_theta", "is a Llama key (GPT has learned positions); set model.arch: llama to use it", "model.arch");
+            if (m.norm_eps() != GptConfig.DEFAULT_NORM_EPS) fail("model.norm_eps", "is a Llama key (GPT's LayerNorm eps is fixed at 1e-5); set model.arch: llama to use it", "model.arch");
+            return;
+        }
+        nonNegative("model.n_kv_head", m.n_kv_head());
+        if (m.n_kv_head() > 0 && m.n_head() % m.n_kv_head() != 0)
+            fail("model.n_kv_head", "must divide model.n_head (" + m.n_head() + "), got " + m.n_kv_head(), "model.n_head");
+        if (m.headSize() % 2 != 0) fail("model.n_embd", "must give an even head size n_embd/n_head for rotary embeddings, got " + m.headSize(), "model.n_head");
+        nonNegative("model.intermediate_size", m.intermediate_size());
+        if (!(m.rope_theta() > 0 && Double.isFinite(m.rope_theta()))) fail("model.rope_theta", "must be > 0, got " + m.rope_theta());
+        if (!(m.norm_eps() > 0 && Double.isFinite(m.norm_eps()))) fail("model.norm_eps", "must be > 0, got " + m.norm_eps());
+        if (m.bias()) fail("model.bias", "must be false for model.arch llama (Llama has no biases)", "model.arch");
+        if (m.dropout() != 0) fail("model.dropout", "must be 0 for model.arch llama (Llama has no dropout here)", "model.arch");
+        if (!m.init().equals("gpt2"))
+            fail("model.init", "must stay gpt2 (the default) for model.arch llama, which uses Hugging Face Llama's init (every matrix N(0, 0.02)); got \"" + m.init() + "\"", "model.arch");
+        if (growth.on()) fail("growth.at_step", "is implemented for model.arch gpt only", "model.arch");
+        if (train.layer_drop() > 0) fail("train.layer_drop", "is implemented for model.arch gpt only", "model.arch");
     }
 
     private static void positive(String key, int v) {

@@ -63,7 +63,7 @@ class ConfigLoaderTest {
     @Test
     void keysListsEveryLeaf() {
         List<String> keys = ConfigLoader.keys();
-        assertEquals(9 + 5 + 18 + 27 + 6 + 5 + 3 + 6 + 5 + 4, keys.size());
+        assertEquals(14 + 5 + 18 + 27 + 6 + 5 + 3 + 6 + 5 + 4, keys.size());
         assertEquals("model.n_layer", keys.getFirst());
         assertTrue(keys.contains("optim.learning_rate"));
         assertTrue(keys.contains("train.sample_tokens"));
