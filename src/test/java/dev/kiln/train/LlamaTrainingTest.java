@@ -89,4 +89,16 @@ class LlamaTrainingTest {
                 () -> SmallRuns.train(tmp, "lora2", 5, false, with("lora.rank=4", "lora.targets=c_attn")));
         assertTrue(e.getMessage().contains("c_attn") && e.getMessage().contains("q_proj"), e.getMessage());
     }
+
+    @Test
+    void qatAndWeightAveragingRunOnLlama() {
+        Trainer.Result plain = SmallRuns.train(tmp, "plain", 20, false, LLAMA);
+        Trainer.Result r = SmallRuns.train(tmp, "qat", 20, false, with("qat.weights=true", "averaging.ema_decay=0.9"));
+        assertTrue(r.losses().stream().allMatch(Double::isFinite));
+        // fake-quantised weights change the very first forward: every Linear (lm_head too) runs on int8-grid weights
+        assertTrue(r.losses().getFirst() != plain.losses().getFirst().doubleValue(), "QAT had no effect");
+        SmallRuns.Cli eval = SmallRuns.cli("eval", "--run", r.runDir().toString(), "--weights", "ema");
+        assertEquals(0, eval.code(), eval.err());
+        assertTrue(eval.out().contains("ema weights"), eval.out());
+    }
 }
