@@ -88,7 +88,7 @@ public final class RunSetup {
 
     /**
      * Loads the base weights named by {@code lora.init_from} into the model's base parameters: a .safetensors
-     * file in HF GPT-2 layout (int8 exports are dequantised), a checkpoint directory, or a run directory (its
+     * file in the architecture's HF layout (int8 exports are dequantised), a checkpoint directory, or a run directory (its
      * newest checkpoint that verifies).
      */
     public static void loadBase(CausalLm model, String initFrom, PrintStream out) {
