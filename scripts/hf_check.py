@@ -7,7 +7,8 @@ Two directions, both in fp32 on CPU:
   hf_check.py compare DIR IO.safetensors
       Loads DIR (kiln export --hf output) with AutoModelForCausalLM (GPT2LMHeadModel / LlamaForCausalLM by
       config.json), refusing any missing or unexpected weight, runs IO's "tokens" (int32 [B, T]) and compares
-      the logits with IO's "logits" (Kiln's, float32 [B, T, V]). Prints one JSON line with max_abs_diff.
+      the logits with IO's "logits" (Kiln's, float32 [B, T, V]). Prints one JSON line with max_abs_diff and the
+      config transformers read. Without "logits" in IO (a model Kiln cannot run yet) it only checks the loading.
 
   hf_check.py make DIR IO.safetensors --model-type gpt2|llama [--seed S] [--vocab V] [--width C] [--layers L]
                    [--heads H] [--kv-heads K] [--context T] [--batch B]
@@ -30,7 +31,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConf
 def compare(args):
     io = load_file(args.io)
     tokens = io["tokens"].long()
-    kiln = io["logits"]
+    kiln = io.get("logits")
     model, info = AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.float32, output_loading_info=True)
     problems = {k: v for k, v in info.items() if v}
     if problems:
@@ -39,12 +40,18 @@ def compare(args):
     model.eval()
     with torch.no_grad():
         hf = model(tokens).logits
+    config = {k: v for k, v in model.config.to_dict().items() if isinstance(v, (int, float, str, bool, dict, list)) or v is None}
+    if kiln is None:
+        print(json.dumps({"direction": "kiln->transformers", "model": type(model).__name__, "loaded": True, "config": config,
+                          "max_abs_logit": hf.abs().max().item()}))
+        return
     if hf.shape != kiln.shape:
         print(json.dumps({"error": f"logits shape {list(hf.shape)} from transformers, {list(kiln.shape)} from Kiln"}))
         sys.exit(1)
     diff = (hf - kiln).abs().max().item()
     print(json.dumps({"direction": "kiln->transformers", "model": type(model).__name__, "model_type": model.config.model_type,
-                      "tokens": list(tokens.shape), "max_abs_diff": diff, "max_abs_logit": hf.abs().max().item()}))
+                      "tokens": list(tokens.shape), "max_abs_diff": diff, "max_abs_logit": hf.abs().max().item(),
+                      "config": config}))
 
 
 def make(args):
