@@ -2,6 +2,7 @@ package dev.kiln.hf;
 
 import com.fasterxml.jackson.databind.node.JsonNodeFactory;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.kiln.KilnException;
 import dev.kiln.nn.LayerNorm;
 import dev.kiln.tensor.Safetensors;
 
@@ -137,15 +138,15 @@ public record Gpt2Spec(int vocab_size, int n_positions, int n_embd, int n_layer,
         int[] wpe = HfModelSpec.shapeOf(tensors, "transformer.wpe.weight", tensorSource);
         String in = " (" + tensorSource + ")";
         if (wte.length == 2 && wte[0] != vocab_size)
-            throw new dev.kiln.KilnException(configSource + ": vocab_size is " + vocab_size + " but transformer.wte.weight has " + wte[0] + " rows" + in);
+            throw new KilnException(configSource + ": vocab_size is " + vocab_size + " but transformer.wte.weight has " + wte[0] + " rows" + in);
         if (wte.length == 2 && wte[1] != n_embd)
-            throw new dev.kiln.KilnException(configSource + ": n_embd is " + n_embd + " but transformer.wte.weight is " + wte[1] + " wide" + in);
+            throw new KilnException(configSource + ": n_embd is " + n_embd + " but transformer.wte.weight is " + wte[1] + " wide" + in);
         if (wpe.length == 2 && wpe[0] != n_positions)
-            throw new dev.kiln.KilnException(configSource + ": n_positions is " + n_positions + " but transformer.wpe.weight has " + wpe[0] + " rows" + in);
+            throw new KilnException(configSource + ": n_positions is " + n_positions + " but transformer.wpe.weight has " + wpe[0] + " rows" + in);
         int blocks = HfModelSpec.blockCount(tensors, "transformer.h.");
         if (blocks != n_layer)
-            throw new dev.kiln.KilnException(configSource + ": n_layer is " + n_layer + " but the tensors hold " + blocks + " blocks (transformer.h.0 … transformer.h."
-                    + (blocks - 1) + ")" + in);
+            throw new KilnException(configSource + ": n_layer is " + n_layer + " but the tensors hold " + blocks + " blocks"
+                    + (blocks > 0 ? " (transformer.h.0 … transformer.h." + (blocks - 1) + ")" : "") + in);
     }
 
     /** GPT2Config fields, with the few Kiln's GPT cannot compute refused by name. */

@@ -154,10 +154,16 @@ public final class HfDirectory {
         Map<String, Path> shards = new LinkedHashMap<>();
         for (var it = map.fields(); it.hasNext(); ) {
             var e = it.next();
-            if (!e.getValue().isTextual() || e.getValue().asText().contains("/") || e.getValue().asText().contains("\\"))
+            String name = e.getValue().asText();
+            if (!e.getValue().isTextual() || !name.matches("[^/\\\\\u0000]+") || name.equals(".") || name.equals(".."))
                 throw new KilnException(index + ": weight_map entry " + e.getKey() + " must name a shard file in the directory, got " + e.getValue());
-            Path shard = dir.resolve(e.getValue().asText());
-            shards.putIfAbsent(e.getValue().asText(), shard);
+            Path shard;
+            try {
+                shard = dir.resolve(name);
+            } catch (java.nio.file.InvalidPathException bad) {
+                throw new KilnException(index + ": weight_map entry " + e.getKey() + " names no possible file (" + bad.getReason() + ")");
+            }
+            shards.putIfAbsent(name, shard);
             if (!Files.isRegularFile(shard)) throw new KilnException(index + ": shard " + shard + " (holding " + e.getKey() + ") not found");
         }
         for (var it = map.fields(); it.hasNext(); ) {

@@ -150,8 +150,8 @@ public record LlamaSpec(int vocab_size, int hidden_size, int intermediate_size, 
             throw new KilnException(configSource + ": hidden_size is " + hidden_size + " but model.embed_tokens.weight is " + emb[1] + " wide" + in);
         int layers = HfModelSpec.blockCount(tensors, "model.layers.");
         if (layers != num_hidden_layers)
-            throw new KilnException(configSource + ": num_hidden_layers is " + num_hidden_layers + " but the tensors hold " + layers
-                    + " layers (model.layers.0 … model.layers." + (layers - 1) + ")" + in);
+            throw new KilnException(configSource + ": num_hidden_layers is " + num_hidden_layers + " but the tensors hold " + layers + " layers"
+                    + (layers > 0 ? " (model.layers.0 … model.layers." + (layers - 1) + ")" : "") + in);
         int[] gate = HfModelSpec.shapeOf(tensors, "model.layers.0.mlp.gate_proj.weight", tensorSource);
         if (gate.length == 2 && gate[0] != intermediate_size)
             throw new KilnException(configSource + ": intermediate_size is " + intermediate_size + " but model.layers.0.mlp.gate_proj.weight has " + gate[0] + " rows" + in);
