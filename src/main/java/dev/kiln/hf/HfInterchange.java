@@ -47,15 +47,21 @@ public final class HfInterchange {
 
     /**
      * Loads {@code hf}'s GPT-2 weights into a Kiln GPT's base parameters (LoRA adapters, if any, stay as they are).
-     * The GPT must have the same shape (an import builds it from the spec's own config keys); what differs is named.
+     * The GPT must have the same shape (an import builds it from the spec's own config keys; lora.init_from takes the
+     * run's); the first key that differs is named.
      */
     public static void loadIntoGpt(Gpt model, HfDirectory.HfModel hf, String source) {
         if (!(hf.spec() instanceof Gpt2Spec g))
             throw new KilnException(source + ": holds a " + hf.spec().architecture() + ", not a GPT-2 model");
-        Gpt2Spec mine = gpt2Spec(model.config, model.depth(), g.bosTokenId());
-        if (mine.vocab_size() != g.vocab_size() || mine.n_positions() != g.n_positions() || mine.n_embd() != g.n_embd()
-                || mine.n_layer() != g.n_layer() || mine.n_head() != g.n_head())
-            throw new KilnException(source + ": holds " + g + " but the Kiln model is " + mine);
+        GptConfig c = model.config;
+        int[][] pairs = {{g.vocab_size(), c.vocab_size()}, {g.n_positions(), c.block_size()}, {g.n_embd(), c.n_embd()}, {g.n_layer(), model.depth()},
+                {g.n_head(), c.n_head()}};
+        String[][] keys = {{"vocab_size", "model.vocab_size"}, {"n_positions", "model.block_size"}, {"n_embd", "model.n_embd"}, {"n_layer", "model.n_layer"},
+                {"n_head", "model.n_head"}};
+        for (int i = 0; i < pairs.length; i++)
+            if (pairs[i][0] != pairs[i][1])
+                throw new KilnException(source + ": config.json has " + keys[i][0] + " " + pairs[i][0] + " but the Kiln model has " + keys[i][1] + " " + pairs[i][1]);
+        gpt2Spec(c, model.depth(), null); // refuses what GPT2LMHeadModel cannot compute (mup, no biases)
         GptHfFormat.loadBase(model, hf.tensors(), source);
     }
 

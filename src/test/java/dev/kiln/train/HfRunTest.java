@@ -178,6 +178,23 @@ class HfRunTest {
     }
 
     @Test
+    void loraFineTunesAHuggingFaceDirectoryOverItsFrozenWeights() {
+        Path hf = HfFixtures.fixture("gpt2");
+        Trainer.Result r = SmallRuns.train(tmp, "lora", 40, false, "model.n_head=4", "lora.rank=4", "lora.targets=c_attn,c_proj,c_fc",
+                "lora.init_from=" + hf, "optim.learning_rate=3e-3");
+        assertTrue(r.losses().stream().allMatch(Double::isFinite));
+        assertTrue(mean(r.losses().subList(30, 40)) < mean(r.losses().subList(0, 10)), r.losses().toString());
+        try (var scope = MemoryScope.open()) { // the frozen base is transformers' weights, bit for bit
+            Map<String, Tensor> want = HfDirectory.read(hf).tensors();
+            Map<String, Tensor> got = Safetensors.read(new CheckpointStore(r.runDir()).latest().orElseThrow().resolve(CheckpointStore.MODEL_FILE)).tensors();
+            want.forEach((k, t) -> assertArrayEquals(rawBits(t), rawBits(got.get(k)), k));
+            assertTrue(got.keySet().stream().anyMatch(k -> k.endsWith("lora_A.weight")));
+        }
+        TrainingException e = assertThrows(TrainingException.class, () -> SmallRuns.train(tmp, "lora2", 5, false, "lora.rank=4", "lora.init_from=" + hf));
+        assertTrue(e.getMessage().contains("lora.init_from") && e.getMessage().contains("n_head 4") && e.getMessage().contains("model.n_head 2"), e.getMessage());
+    }
+
+    @Test
     void importRefusesWhatItCannotHonour() {
         Path hf = HfFixtures.fixture("gpt2");
         List<String> args = importArgs(hf, "x", 10);
