@@ -39,6 +39,10 @@ public final class HfImport {
 
     public static Result importRun(Path hfDir, Path configFile, List<String> userOverrides, PrintStream out) {
         HfModelSpec spec = HfDirectory.readSpec(hfDir);
+        // LLAMA HOOK: let LlamaSpec through once Kiln has the model (its config keys are LlamaSpec.kilnShapeOverrides)
+        if (!(spec instanceof Gpt2Spec))
+            throw new KilnException(hfDir.resolve(HfDirectory.CONFIG) + ": model_type " + spec.modelType() + " (" + spec.architecture()
+                    + ") is read and validated, but this Kiln has no such model to load it into yet");
         List<String> overrides = new ArrayList<>(spec.kilnDefaultOverrides());
         for (String o : userOverrides) {
             String key = o.contains("=") ? o.substring(0, o.indexOf('=')).strip() : o;
@@ -63,17 +67,10 @@ public final class HfImport {
         Path checkpoint;
         try (var scope = MemoryScope.open()) {
             HfDirectory.HfModel hf = HfDirectory.read(hfDir);
-            Gpt model = switch (hf.spec()) {
-                case Gpt2Spec g -> {
-                    Gpt m = RunSetup.buildModel(cfg);
-                    HfInterchange.loadIntoGpt(m, hf, hfDir.toString());
-                    yield m;
-                }
-                // LLAMA HOOK: build the Llama from cfg and HfInterchange.loadIntoLlama(m, hf, hfDir.toString()); the
-                // checkpoint and the rest below take the common model type once the trainer has one.
-                default -> throw new KilnException(hfDir.resolve(HfDirectory.CONFIG) + ": model_type " + hf.spec().modelType()
-                        + " is read and validated, but this Kiln has no " + hf.spec().architecture() + " model to load it into yet");
-            };
+            // LLAMA HOOK: for a LlamaSpec, build the Llama from cfg and HfInterchange.loadIntoLlama(m, hf, …); the lines
+            // below take the trainer's common model type once it has one
+            Gpt model = RunSetup.buildModel(cfg);
+            HfInterchange.loadIntoGpt(model, hf, hfDir.toString());
             Optimizer opt = RunSetup.optimizer(cfg.optim(), model);
             List<WeightAverage> averages = RunSetup.averages(cfg.averaging(), model); // after loading: they start from the HF weights
             long samplerState = initialSamplerState(cfg, data);

@@ -209,6 +209,10 @@ class HfRunTest {
         assertEquals(2, c.code());
         assertTrue(c.err().contains("already has checkpoints"), c.err());
 
+        c = SmallRuns.cli(importArgs(HfFixtures.fixture("llama"), "l", 10).toArray(String[]::new));
+        assertEquals(2, c.code());
+        assertTrue(c.err().contains("model_type llama (LlamaForCausalLM) is read and validated"), c.err());
+
         c = SmallRuns.cli(importArgs(tmp.resolve("missing"), "z", 10).toArray(String[]::new));
         assertEquals(2, c.code());
         assertTrue(c.err().contains("not a directory"), c.err());
