@@ -104,7 +104,7 @@ final class ExportCommand implements Callable<Integer> {
             // GPT-2 BPE's <|endoftext|> is its bos/eos; a char vocabulary has none
             Integer bos = "gpt2".equals(rc.config().data().tokenizer()) ? Gpt2Spec.GPT2_EOT : null;
             // LLAMA HOOK: a Llama checkpoint exports through HfInterchange.fromLlama instead
-            HfDirectory.HfModel hf = HfInterchange.fromGpt(rc.model(), bos, null);
+            HfDirectory.HfModel hf = HfInterchange.fromGpt(rc.model(), bos);
             HfDirectory.write(out, hf.spec(), hf.tensors());
             System.out.printf("kiln: wrote %s: %s (%s, %d tensors, fp32%s) + %s + %s (from %s)%n", out.resolve(HfDirectory.WEIGHTS), hf.spec().architecture(),
                     rc.config().lora().rank() > 0 ? "LoRA merged" : "HF names", hf.tensors().size(), bos != null ? ", GPT-2 BPE vocabulary" : ", Kiln char vocabulary",

@@ -40,6 +40,14 @@ public final class HfDirectory {
     /** A validated model: its architecture and hyper-parameters, and its tensors (fp32, HF names and layouts). */
     public record HfModel(HfModelSpec spec, Map<String, Tensor> tensors) {}
 
+    /**
+     * Whether {@code dir} looks like a model directory (config.json beside model.safetensors or its index), not a
+     * Kiln run (config.json, no weights at the top) or checkpoint (model.safetensors and trainer.json, no config.json).
+     */
+    public static boolean isModelDirectory(Path dir) {
+        return Files.isRegularFile(dir.resolve(CONFIG)) && (Files.isRegularFile(dir.resolve(WEIGHTS)) || Files.isRegularFile(dir.resolve(INDEX)));
+    }
+
     /** config.json alone: which model the directory holds (no tensor is read). */
     public static HfModelSpec readSpec(Path dir) {
         if (!Files.isDirectory(dir)) throw new KilnException(dir + ": not a directory (a Hugging Face model directory holds " + CONFIG + " and " + WEIGHTS + ")");

@@ -15,7 +15,7 @@ import java.util.Map;
 /**
  * Kiln models to and from their Hugging Face form ({@link HfDirectory.HfModel}). GPT: names are HF's already,
  * Conv1D weights transposed by {@link GptHfFormat}. Llama: names and layouts are HF's one to one
- * ({@link #sameLayout}, {@link #loadSameLayout}); the model itself lives on another branch, see LLAMA HOOK.
+ * ({@link #loadSameLayout}); the model itself lives on another branch, see LLAMA HOOK.
  */
 public final class HfInterchange {
     private HfInterchange() {}
@@ -32,12 +32,11 @@ public final class HfInterchange {
 
     /**
      * A Kiln GPT in HF form: LoRA adapters merged into the weights (W + (α/r)·B·A), Conv1D weights as views in
-     * HF's [in, out] layout. {@code weights} replaces the model's own tensors when given (Kiln names: QAT's
-     * fake-quantised weights, a weight average), null for the model's parameters.
+     * HF's [in, out] layout.
      */
-    public static HfDirectory.HfModel fromGpt(Gpt model, Integer bosTokenId, Map<String, Tensor> weights) {
+    public static HfDirectory.HfModel fromGpt(Gpt model, Integer bosTokenId) {
         Gpt2Spec spec = gpt2Spec(model.config, model.depth(), bosTokenId);
-        Map<String, Tensor> kiln = weights != null ? weights : Lora.merged(model);
+        Map<String, Tensor> kiln = Lora.merged(model);
         Map<String, Tensor> hf = new LinkedHashMap<>();
         GptHfFormat.toHf(kiln).forEach((k, t) -> {
             if (!Lora.isAdapter(k)) hf.put(k, t);
@@ -65,11 +64,6 @@ public final class HfInterchange {
         GptHfFormat.loadBase(model, hf.tensors(), source);
     }
 
-    /** Parameters whose names and layouts are HF's (Llama): the tensors as they are. */
-    public static Map<String, Tensor> sameLayout(Map<String, Parameter> params) {
-        return new LinkedHashMap<>(params);
-    }
-
     /** Copies HF tensors into parameters of the same names and shapes (Llama); names a missing or mis-shaped one. */
     public static void loadSameLayout(Map<String, Parameter> params, Map<String, Tensor> hf, String source) {
         params.forEach((k, p) -> {
@@ -85,10 +79,11 @@ public final class HfInterchange {
     // LLAMA HOOK (after merging branch llama): the Kiln side of Llama interchange is two short methods,
     //   static HfDirectory.HfModel fromLlama(Llama m) {
     //       LlamaConfig c = m.config;   // LlamaSpec's numbers: vocab, hidden, intermediate, layers, heads, kv heads, context, eps, theta, tie
-    //       return new HfDirectory.HfModel(new LlamaSpec(...), sameLayout(m.namedParameters()));
+    //       return new HfDirectory.HfModel(new LlamaSpec(...), new LinkedHashMap<>(m.namedParameters())); // HF names and layouts already
     //   }
     //   static void loadIntoLlama(Llama m, HfDirectory.HfModel hf, String source) { loadSameLayout(m.namedParameters(), hf.tensors(), source); }
-    // (with a tied head, drop lm_head.weight from the parameters if Llama registers it), and the two call sites
-    // marked LLAMA HOOK in ExportCommand and HfImport pick them by the model's class. LlamaSpec (config.json both
+    // (with a tied head, drop lm_head.weight from the parameters if Llama registers it); the call sites marked
+    // LLAMA HOOK in ExportCommand and HfImport (its up-front refusal of a non-GPT-2 spec, and the model build) pick
+    // them by the model's class, and LlamaSpec.kilnShapeOverrides names Kiln's Llama config keys. LlamaSpec (config.json both
     // ways, tensor list, checks) and scripts/hf_check.py (model_type llama) are ready and tested without the model.
 }

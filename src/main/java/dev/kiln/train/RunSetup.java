@@ -95,7 +95,7 @@ public final class RunSetup {
     public static void loadBase(Gpt model, String initFrom, PrintStream out) {
         Path p = Workspace.resolve(initFrom);
         Path file;
-        if (Files.isRegularFile(p.resolve(HfDirectory.CONFIG)) && !Files.isRegularFile(p.resolve(CheckpointStore.STATE_FILE))) {
+        if (HfDirectory.isModelDirectory(p) && !Files.isRegularFile(p.resolve(CheckpointStore.STATE_FILE))) {
             try (var scope = MemoryScope.open()) { // a Hugging Face model directory: checked against its config.json
                 HfInterchange.loadIntoGpt(model, HfDirectory.read(p), p.toString());
             } catch (KilnException e) {

@@ -155,6 +155,29 @@ class HfDirectoryTest {
         }
     }
 
+    @Test
+    void sameLayoutLoadingCopiesByNameAndNamesWhatDoesNotFit() {
+        // the Llama path (names and layouts HF's own), exercised on a GPT's parameters
+        try (var scope = MemoryScope.open()) {
+            GptConfig c = new GptConfig(1, 2, 16, 8, 11, 0.0, true);
+            Gpt a = new Gpt(c, 1, DType.F32), b = new Gpt(c, 2, DType.F32);
+            Map<String, Tensor> hf = new LinkedHashMap<>();
+            a.namedParameters().forEach((k, p) -> hf.put(k, p.copy()));
+            HfInterchange.loadSameLayout(b.namedParameters(), hf, "x");
+            a.namedParameters().forEach((k, p) -> assertArrayEquals(p.toFloatArray(), b.namedParameters().get(k).toFloatArray(), k));
+
+            Map<String, Tensor> missing = new LinkedHashMap<>(hf);
+            missing.remove("transformer.ln_f.bias");
+            refused(() -> HfInterchange.loadSameLayout(b.namedParameters(), missing, "x"), "x: missing tensor transformer.ln_f.bias");
+            Map<String, Tensor> shaped = new LinkedHashMap<>(hf);
+            shaped.put("transformer.wpe.weight", Tensor.zeros(DType.F32, 16, 8));
+            refused(() -> HfInterchange.loadSameLayout(b.namedParameters(), shaped, "x"), "tensor transformer.wpe.weight has shape [16, 8]", "needs [8, 16]");
+            Map<String, Tensor> extra = new LinkedHashMap<>(hf);
+            extra.put("lm_head.weight", Tensor.zeros(DType.F32, 11, 16));
+            refused(() -> HfInterchange.loadSameLayout(b.namedParameters(), extra, "x"), "unexpected tensor lm_head.weight");
+        }
+    }
+
     /** The one-line error {@code read} gives, which must mention every one of {@code words}. */
     private static void refused(Path dir, String... words) {
         refused(() -> {

@@ -124,7 +124,7 @@ class HfTransformersTest {
                     for (long i = 0; i < p.numel(); i++) p.setFlat(i, p.getFlat(i) + 0.05 * rng.nextGaussian());
                 });
                 Path dir = tmp.resolve("hf-" + c.n_embd());
-                HfDirectory.HfModel out = HfInterchange.fromGpt(m, c.vocab_size() > 50256 ? 50256 : null, null);
+                HfDirectory.HfModel out = HfInterchange.fromGpt(m, c.vocab_size() > 50256 ? 50256 : null);
                 HfDirectory.write(dir, out.spec(), out.tensors());
                 writeIo(tmp.resolve("io-" + c.n_embd() + ".safetensors"), m, tokens(2, c.block_size(), c.vocab_size(), 2));
                 compare(dir, tmp.resolve("io-" + c.n_embd() + ".safetensors"),
