@@ -141,8 +141,8 @@ class HfRunTest {
                 lastBase, firstBack, mean(r.losses().subList(50, 60)));
         assertTrue(Math.abs(firstBack - lastBase) < 0.5, "the imported model starts where the base run ended, not from scratch: " + firstBack + " vs " + lastBase);
         assertTrue(mean(r.losses().subList(50, 60)) < mean(r.losses().subList(0, 10)), r.losses().toString());
-        // … exactly as a fine-tune started from the base run's weights in one go (lora.init_from with rank 0)
-        Trainer.Result ft = SmallRuns.train(tmp, "ft", 60, false, "lora.init_from=" + base.runDir());
+        // … exactly as a fine-tune started from the exported directory in one go (lora.init_from with rank 0)
+        Trainer.Result ft = SmallRuns.train(tmp, "ft", 60, false, "lora.init_from=" + hf);
         assertEquals(ft.losses(), r.losses());
         assertEquals(ft.finalValLoss(), r.finalValLoss());
     }
