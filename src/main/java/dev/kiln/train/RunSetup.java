@@ -1,6 +1,8 @@
 package dev.kiln.train;
 
 import dev.kiln.KilnException;
+import dev.kiln.hf.HfDirectory;
+import dev.kiln.hf.HfInterchange;
 import dev.kiln.nn.Lora;
 import dev.kiln.nn.Qat;
 import dev.kiln.nn.models.CausalLm;
@@ -88,12 +90,23 @@ public final class RunSetup {
 
     /**
      * Loads the base weights named by {@code lora.init_from} into the model's base parameters: a .safetensors
-     * file in the architecture's HF layout (int8 exports are dequantised), a checkpoint directory, or a run directory (its
-     * newest checkpoint that verifies).
+     * file in HF GPT-2 layout (int8 exports are dequantised), a Hugging Face model directory (config.json +
+     * model.safetensors, validated), a checkpoint directory, or a run directory (its newest checkpoint that verifies).
      */
     public static void loadBase(CausalLm model, String initFrom, PrintStream out) {
         Path p = Workspace.resolve(initFrom);
         Path file;
+        if (HfDirectory.isModelDirectory(p) && !Files.isRegularFile(p.resolve(CheckpointStore.STATE_FILE))) {
+            try (var scope = MemoryScope.open()) { // a Hugging Face model directory: checked against its config.json
+                if (!(model instanceof Gpt gpt)) // LLAMA HOOK: Llama directories are wired in a later commit
+                    throw new KilnException(p + ": a Hugging Face directory as base weights is supported for GPT-2 only");
+                HfInterchange.loadIntoGpt(gpt, HfDirectory.read(p), p.toString());
+            } catch (KilnException e) {
+                throw new TrainingException("lora.init_from: " + e.getMessage(), e);
+            }
+            out.println("kiln: base weights from the Hugging Face model " + p);
+            return;
+        }
         if (Files.isRegularFile(p)) {
             file = p;
         } else if (Files.isRegularFile(p.resolve(CheckpointStore.MODEL_FILE))) {
