@@ -1,6 +1,8 @@
 package dev.kiln.autograd;
 
+import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
+import dev.kiln.tensor.MemoryTracker;
 import dev.kiln.tensor.Tensor;
 
 import java.util.ArrayList;
@@ -105,7 +107,7 @@ public final class Tape {
         Tape t = CURRENT.get();
         if (!output.requiresGrad()) throw new IllegalStateException("backward() on a tensor that does not require grad");
         Grads grads = new Grads();
-        try (var ignored = noGradScope()) {
+        try (var ignored = noGradScope(); var a = MemoryTracker.attribute(MemoryCategory.TEMPORARIES)) {
             if (output.isLeaf()) {
                 grads.accumulate(output, gradOut);
                 return;
@@ -142,7 +144,7 @@ public final class Tape {
             if (t.isLeaf()) {
                 Tensor g = t.grad();
                 if (g == null) {
-                    try (var s = MemoryScope.persistent()) {
+                    try (var s = MemoryScope.persistent(); var a = MemoryTracker.attribute(MemoryCategory.GRADIENTS)) {
                         g = Tensor.zeros(t.dtype(), t.shape());
                     }
                     t.setGrad(g);

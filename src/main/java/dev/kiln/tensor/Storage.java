@@ -10,11 +10,20 @@ import java.lang.foreign.MemorySegment;
 public final class Storage {
     private final MemorySegment block;
     private final Device device;
+    private final MemoryCategory category;
     private boolean released;
 
+    /** Charges the block to this thread's current {@link MemoryCategory}. */
     Storage(MemorySegment block, Device device) {
         this.block = block;
         this.device = device;
+        this.category = MemoryTracker.current();
+        MemoryTracker.allocated(device, category, block.byteSize());
+    }
+
+    /** What the memory was attributed to when it was allocated. */
+    public MemoryCategory category() {
+        return category;
     }
 
     public MemorySegment segment() {
@@ -34,6 +43,7 @@ public final class Storage {
     void release() {
         if (released) return;
         released = true;
+        MemoryTracker.freed(device, category, block.byteSize());
         HostAllocator.free(block);
     }
 }

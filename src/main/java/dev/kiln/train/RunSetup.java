@@ -15,7 +15,9 @@ import dev.kiln.optim.ParamGroup;
 import dev.kiln.optim.Sgd;
 import dev.kiln.optim.WeightAverage;
 import dev.kiln.tensor.DType;
+import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
+import dev.kiln.tensor.MemoryTracker;
 import dev.kiln.tensor.Rng;
 import dev.kiln.tensor.Safetensors;
 import dev.kiln.tensor.Tensor;
@@ -44,6 +46,12 @@ public final class RunSetup {
 
     /** The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters (LoRA: the adapters only). */
     public static Optimizer optimizer(OptimConfig oc, Gpt model) {
+        try (var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
+            return newOptimizer(oc, model);
+        }
+    }
+
+    private static Optimizer newOptimizer(OptimConfig oc, Gpt model) {
         // μP (model.init=mup): hidden matrices get learning rate × base_width/n_embd; see Gpt
         List<ParamGroup> groups = model.config.mup()
                 ? ParamGroup.widthScaled(model.trainableParameters(), Gpt::isHiddenMatrix, model.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
@@ -68,6 +76,12 @@ public final class RunSetup {
      * loaded separately ({@link #loadBase}), since a checkpoint of the run replaces them anyway.
      */
     public static Gpt buildModel(RunConfig cfg) {
+        try (var a = MemoryTracker.attribute(MemoryCategory.PARAMETERS)) {
+            return newModel(cfg);
+        }
+    }
+
+    private static Gpt newModel(RunConfig cfg) {
         Gpt model = new Gpt(cfg.model(), cfg.train().seed(), DType.F32);
         LoraConfig lc = cfg.lora();
         if (lc.rank() > 0) {
@@ -121,9 +135,12 @@ public final class RunSetup {
     /** The weight averages {@code averaging:} switches on, in the order ema, swa, lawa. */
     public static List<WeightAverage> averages(AveragingConfig ac, Gpt model) {
         List<WeightAverage> out = new ArrayList<>();
-        if (ac.ema_decay() > 0) out.add(WeightAverage.ema(model.namedParameters(), ac.ema_decay()));
-        if (ac.swa_start() > 0) out.add(WeightAverage.swa(model.namedParameters(), ac.swa_start(), ac.swa_interval()));
-        if (ac.lawa_k() > 0) out.add(WeightAverage.lawa(model.namedParameters(), ac.lawa_k(), ac.lawa_interval()));
+        // averaged weights are training state, like the optimizer's moments
+        try (var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
+            if (ac.ema_decay() > 0) out.add(WeightAverage.ema(model.namedParameters(), ac.ema_decay()));
+            if (ac.swa_start() > 0) out.add(WeightAverage.swa(model.namedParameters(), ac.swa_start(), ac.swa_interval()));
+            if (ac.lawa_k() > 0) out.add(WeightAverage.lawa(model.namedParameters(), ac.lawa_k(), ac.lawa_interval()));
+        }
         return out;
     }
 

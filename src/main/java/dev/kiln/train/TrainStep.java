@@ -6,7 +6,9 @@ import dev.kiln.data.BatchSampler;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.optim.GradClip;
 import dev.kiln.optim.Optimizer;
+import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
+import dev.kiln.tensor.MemoryTracker;
 import dev.kiln.tensor.Tensor;
 
 import java.util.Comparator;
@@ -60,7 +62,10 @@ public final class TrainStep {
         Batch trained = selectFraction < 1 ? batch.rows(hardestRows(model, batch, selectCount(batch.batchSize(), selectFraction))) : batch;
         int b = trained.batchSize(), t = trained.blockSize();
         try (var scope = MemoryScope.open()) {
-            Tensor lossT = model.loss(Tensor.ofInts(trained.inputs(), b, t), Tensor.ofInts(trained.targets(), b, t), labelSmoothing, zLoss);
+            Tensor lossT;
+            try (var a = MemoryTracker.attribute(MemoryCategory.ACTIVATIONS)) {
+                lossT = model.loss(Tensor.ofInts(trained.inputs(), b, t), Tensor.ofInts(trained.targets(), b, t), labelSmoothing, zLoss);
+            }
             double loss = lossT.item();
             if (!Double.isFinite(loss)) {
                 Tape.clear();

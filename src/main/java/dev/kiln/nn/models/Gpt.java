@@ -171,11 +171,13 @@ public final class Gpt extends Module {
             default -> throw new IllegalArgumentException("growth method must be copy or zero, got " + method);
         };
         Rng rng = copy ? null : new Rng(seed * 0x9E3779B97F4A7C15L + toLayers);
-        for (int j = from; j < toLayers; j++) {
-            Block b = new Block(config, rng, init, dtype, dropoutRng);
-            if (copy) b.copyFrom(blocks.get(j % from));
-            b.zeroOutputProjections();
-            blocks.add(h.registerModuleIn(Integer.toString(j), b));
+        try (var a = dev.kiln.tensor.MemoryTracker.attribute(dev.kiln.tensor.MemoryCategory.PARAMETERS)) {
+            for (int j = from; j < toLayers; j++) {
+                Block b = new Block(config, rng, init, dtype, dropoutRng);
+                if (copy) b.copyFrom(blocks.get(j % from));
+                b.zeroOutputProjections();
+                blocks.add(h.registerModuleIn(Integer.toString(j), b));
+            }
         }
     }
 
