@@ -85,6 +85,35 @@ public final class Tape {
         return out;
     }
 
+    /**
+     * Records on a fresh tape of this thread's own, with grad mode on, until closed; then the enclosing tape is
+     * current again. A recomputation inside backward records and backpropagates its nodes there, apart from
+     * the tape being walked.
+     */
+    public static Nested nested() {
+        Tape outer = CURRENT.get();
+        CURRENT.set(new Tape());
+        return new Nested(outer);
+    }
+
+    /** An open nested tape; closing it drops what it still holds and restores the enclosing tape. */
+    public static final class Nested implements AutoCloseable {
+        private final Tape outer;
+        private boolean closed;
+
+        private Nested(Tape outer) {
+            this.outer = outer;
+        }
+
+        @Override
+        public void close() {
+            if (!closed) {
+                closed = true;
+                CURRENT.set(outer);
+            }
+        }
+    }
+
     /** Number of recorded nodes on this thread's tape (for tests and diagnostics). */
     public static int size() {
         return CURRENT.get().nodes.size();

@@ -58,6 +58,11 @@ public final class MemoryTracker {
         return c == null ? MemoryCategory.TEMPORARIES : c;
     }
 
+    /** Charges {@code t}'s memory to {@code category} from now on (its role changed after allocation). */
+    public static void reattribute(Tensor t, MemoryCategory category) {
+        t.storage().reattribute(category);
+    }
+
     static synchronized void allocated(Device device, MemoryCategory category, long bytes) {
         Account a = ACCOUNTS.computeIfAbsent(device, d -> new Account());
         int i = category.ordinal();

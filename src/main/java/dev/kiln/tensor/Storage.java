@@ -10,7 +10,7 @@ import java.lang.foreign.MemorySegment;
 public final class Storage {
     private final MemorySegment block;
     private final Device device;
-    private final MemoryCategory category;
+    private MemoryCategory category;
     private boolean released;
 
     /** Charges the block to this thread's current {@link MemoryCategory}. */
@@ -37,6 +37,14 @@ public final class Storage {
 
     public boolean isReleased() {
         return released;
+    }
+
+    /** Moves the block's bytes to another category (memory whose role changed, e.g. a kept recompute output). */
+    void reattribute(MemoryCategory to) {
+        if (released || to == category) return;
+        MemoryTracker.freed(device, category, block.byteSize());
+        MemoryTracker.allocated(device, to, block.byteSize());
+        category = to;
     }
 
     /** Hands the block back to the allocator (idempotent). */

@@ -91,6 +91,7 @@ public final class RunSetup {
                 throw new TrainingException("lora.targets: " + e.getMessage(), e);
             }
         }
+        model.setRecompute(dev.kiln.nn.Recompute.parse(cfg.train().recompute()));
         QatConfig qc = cfg.qat();
         if (qc.enabled()) {
             Qat.apply(model, qc.bits(), qc.weights(), qc.activations());

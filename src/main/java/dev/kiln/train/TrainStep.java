@@ -4,6 +4,7 @@ import dev.kiln.autograd.Tape;
 import dev.kiln.data.Batch;
 import dev.kiln.data.BatchSampler;
 import dev.kiln.nn.models.Gpt;
+import dev.kiln.ops.Arith;
 import dev.kiln.optim.GradClip;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.tensor.MemoryCategory;
@@ -59,6 +60,14 @@ public final class TrainStep {
      * as a batch of their own (in batch order), so the gradient is exactly that of a batch made of those rows.
      */
     public static double forwardBackward(Gpt model, Batch batch, double labelSmoothing, double zLoss, double selectFraction) {
+        return forwardBackward(model, batch, labelSmoothing, zLoss, selectFraction, 1.0);
+    }
+
+    /**
+     * {@link #forwardBackward(Gpt, Batch, double, double, double)} with the backpropagated loss multiplied by
+     * {@code gradScale} (gradient accumulation's 1/k); returns the unscaled loss.
+     */
+    public static double forwardBackward(Gpt model, Batch batch, double labelSmoothing, double zLoss, double selectFraction, double gradScale) {
         Batch trained = selectFraction < 1 ? batch.rows(hardestRows(model, batch, selectCount(batch.batchSize(), selectFraction))) : batch;
         int b = trained.batchSize(), t = trained.blockSize();
         try (var scope = MemoryScope.open()) {
@@ -72,7 +81,7 @@ public final class TrainStep {
                 model.zeroGrad();
                 return loss;
             }
-            Tape.backward(lossT);
+            Tape.backward(gradScale == 1.0 ? lossT : Arith.mul(lossT, gradScale));
             return loss;
         }
     }

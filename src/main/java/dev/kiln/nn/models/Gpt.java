@@ -5,6 +5,8 @@ import dev.kiln.nn.Embedding;
 import dev.kiln.nn.LayerNorm;
 import dev.kiln.nn.Linear;
 import dev.kiln.nn.Module;
+import dev.kiln.nn.Recompute;
+import dev.kiln.autograd.Checkpoint;
 import dev.kiln.ops.Activations;
 import dev.kiln.ops.Arith;
 import dev.kiln.ops.Attention;
@@ -55,6 +57,7 @@ public final class Gpt extends Module {
     private boolean[] keep;
     private double[] keepProb;
     private long blocksRun, blocksSkipped;
+    private Recompute recompute = Recompute.NONE;
 
     /** Standard deviations of the three tensor classes an initialisation distinguishes. */
     private record Init(double embedding, double matrix, double projection) {
@@ -128,7 +131,11 @@ public final class Gpt extends Module {
                 blocksSkipped++;
                 continue;
             }
-            x = blocks.get(i).forward(x, planned ? 1.0 / keepProb[i] : 1.0);
+            Block block = blocks.get(i);
+            double scale = planned ? 1.0 / keepProb[i] : 1.0;
+            x = recompute == Recompute.FULL
+                    ? Checkpoint.apply(in -> block.forward(in, scale, Recompute.NONE), x, dropoutRng, block.parameters())
+                    : block.forward(x, scale, recompute);
             blocksRun++;
         }
         x = lnF.forward(x);
@@ -206,6 +213,15 @@ public final class Gpt extends Module {
         this.keepProb = keep == null ? null : keepProb;
     }
 
+    /** Which activations training forwards recompute in backward instead of keeping ({@code train.recompute}). */
+    public void setRecompute(Recompute mode) {
+        this.recompute = mode;
+    }
+
+    public Recompute recompute() {
+        return recompute;
+    }
+
     /** Block forwards run so far (every forward, training and eval). */
     public long blocksRun() {
         return blocksRun;
@@ -241,6 +257,7 @@ public final class Gpt extends Module {
         final Linear cAttn, attnProj, cFc, mlpProj;
         final Dropout residDrop1, residDrop2;
         final int nHead;
+        private final Rng dropoutRng;
         /** μP only: (3C) column scales 1/√d on q, 1 on k and v, making the kernel's q·k/√d a q·k/d. */
         private final Tensor qkvScale;
 
@@ -259,6 +276,7 @@ public final class Gpt extends Module {
             residDrop1 = attn.registerModuleIn("resid_dropout", new Dropout(cfg.dropout(), dropoutRng));
             residDrop2 = mlp.registerModuleIn("dropout", new Dropout(cfg.dropout(), dropoutRng));
             qkvScale = cfg.mup() ? qkvScale(c, cfg.headSize(), dtype) : null;
+            this.dropoutRng = dropoutRng;
         }
 
         private static Tensor qkvScale(int c, int d, DType dtype) {
@@ -270,24 +288,35 @@ public final class Gpt extends Module {
         }
 
         Tensor forward(Tensor x) {
-            return forward(x, 1.0);
+            return forward(x, 1.0, Recompute.NONE);
         }
 
-        /** {@code branchScale} multiplies both residual branches (layer drop's 1/keep-probability). */
-        Tensor forward(Tensor x, double branchScale) {
-            Tensor a = residDrop1.forward(attention(ln1.forward(x)));
+        /**
+         * {@code branchScale} multiplies both residual branches (layer drop's 1/keep-probability); {@code recompute}
+         * SELECTIVE recomputes the attention core and GELU + c_proj in backward (see {@link Recompute}).
+         */
+        Tensor forward(Tensor x, double branchScale, Recompute recompute) {
+            boolean selective = recompute == Recompute.SELECTIVE;
+            Tensor a = residDrop1.forward(attention(ln1.forward(x), selective));
             if (branchScale != 1.0) a = Arith.mul(a, branchScale);
             x = Arith.add(x, a);
-            Tensor m = residDrop2.forward(mlpProj.forward(Activations.gelu(cFc.forward(ln2.forward(x)))));
+            Tensor h = cFc.forward(ln2.forward(x));
+            // mlpProj may carry a LoRA adapter whose dropout draws from the model's generator: replayed on recompute
+            Tensor m = residDrop2.forward(selective
+                    ? Checkpoint.apply(in -> mlpProj.forward(Activations.gelu(in)), h, dropoutRng, mlpProj.parameters())
+                    : mlpProj.forward(Activations.gelu(h)));
             if (branchScale != 1.0) m = Arith.mul(m, branchScale);
             return Arith.add(x, m);
         }
 
         /** q, k, v = c_attn(x) split in heads; causal softmax(q·kᵀ/√D)·v (q·kᵀ/D under μP); heads merged; c_proj. */
-        private Tensor attention(Tensor x) {
+        private Tensor attention(Tensor x, boolean recomputeCore) {
             Tensor qkv = cAttn.forward(x);
             if (qkvScale != null) qkv = Arith.mul(qkv, qkvScale);
-            return attnProj.forward(Attention.causalSelfAttentionPacked(qkv, nHead));
+            Tensor heads = recomputeCore
+                    ? Checkpoint.apply(in -> Attention.causalSelfAttentionPacked(in, nHead), qkv, null, List.of())
+                    : Attention.causalSelfAttentionPacked(qkv, nHead);
+            return attnProj.forward(heads);
         }
 
         private void copyFrom(Block src) {
