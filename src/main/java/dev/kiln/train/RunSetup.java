@@ -76,7 +76,8 @@ public final class RunSetup {
      * loaded separately ({@link #loadBase}), since a checkpoint of the run replaces them anyway.
      */
     public static Gpt buildModel(RunConfig cfg) {
-        try (var a = MemoryTracker.attribute(MemoryCategory.PARAMETERS)) {
+        // the scope frees the initial values (randn, zeros) that each Parameter copies into persistent memory
+        try (var scope = MemoryScope.open()) {
             return newModel(cfg);
         }
     }

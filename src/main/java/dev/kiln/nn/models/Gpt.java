@@ -178,7 +178,7 @@ public final class Gpt extends Module {
             default -> throw new IllegalArgumentException("growth method must be copy or zero, got " + method);
         };
         Rng rng = copy ? null : new Rng(seed * 0x9E3779B97F4A7C15L + toLayers);
-        try (var a = dev.kiln.tensor.MemoryTracker.attribute(dev.kiln.tensor.MemoryCategory.PARAMETERS)) {
+        try (var scope = MemoryScope.open()) { // frees the initial values the new Parameters copied
             for (int j = from; j < toLayers; j++) {
                 Block b = new Block(config, rng, init, dtype, dropoutRng);
                 if (copy) b.copyFrom(blocks.get(j % from));
