@@ -28,6 +28,7 @@ public final class Bench {
 
     public static Map<String, Object> run(RunConfig cfg, int warmupSteps, int steps) {
         CpuBackend.configure(cfg.train().threads());
+        MemoryPeaks memory = MemoryPeaks.start(); // from before the model: parameters and optimizer state count too
         PreparedData data = Workspace.prepareData(cfg.data());
         GptConfig mc = cfg.model().vocab_size() > 0 ? cfg.model() : cfg.model().withVocabSize(data.tokenizer().vocabSize());
         OptimConfig oc = cfg.optim();
@@ -36,7 +37,6 @@ public final class Bench {
         MemoryAccount account = MemoryAccount.of(model, opt);
         LrSchedule schedule = LrSchedule.of(oc.schedule(), oc.learning_rate(), oc.min_lr(), oc.warmup_iters(), oc.decay_fraction());
         int b = cfg.train().batch_size(), t = mc.block_size(), k = cfg.train().grad_accum_steps();
-        MemoryPeaks memory = MemoryPeaks.start();
         try (TokenShard shard = data.openTrain()) {
             BatchSampler sampler = new BatchSampler(shard, b, t, cfg.train().seed());
             double lossFirst = Double.NaN, lossLast = Double.NaN;
