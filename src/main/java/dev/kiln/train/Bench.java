@@ -35,6 +35,7 @@ public final class Bench {
         Gpt model = RunSetup.buildModel(cfg.withModel(mc)); // LoRA and QAT as configured (lora.init_from is not loaded: speed does not depend on it)
         Optimizer opt = RunSetup.optimizer(oc, model);
         MemoryAccount account = MemoryAccount.of(model, opt);
+        memory.restart();
         LrSchedule schedule = LrSchedule.of(oc.schedule(), oc.learning_rate(), oc.min_lr(), oc.warmup_iters(), oc.decay_fraction());
         int b = cfg.train().batch_size(), t = mc.block_size(), k = cfg.train().grad_accum_steps();
         try (TokenShard shard = data.openTrain()) {

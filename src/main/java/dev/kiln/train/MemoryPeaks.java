@@ -7,8 +7,8 @@ import dev.kiln.tensor.MemoryTracker;
 import dev.kiln.tensor.MemoryUsage;
 
 /**
- * A run's (or a benchmark's) peak memory by category: the {@link MemoryTracker}'s peaks since {@link #start()},
- * less what was live then (memory of earlier work in the same process, e.g. other tests, is not this run's).
+ * A run's (or a benchmark's) peak memory by category: the {@link MemoryTracker}'s peaks since {@link #start()}
+ * (or {@link #restart()}), less what was live at the start (memory of earlier work in the same process, e.g. other tests, is not this run's).
  * Written to metrics.jsonl as {@code mem_peak_<category>} bytes, {@code mem_peak_total} and {@code mem_reserved}
  * (the allocator's cached free bytes), and printed at the end of a run.
  */
@@ -25,6 +25,14 @@ public final class MemoryPeaks {
     public static MemoryPeaks start() {
         MemoryTracker.resetPeaks();
         return new MemoryPeaks(Device.CPU, MemoryTracker.usage(Device.CPU));
+    }
+
+    /**
+     * Restarts the peak window, keeping the baseline: called once the model and optimizer are built, so the peaks
+     * are those of training, not of the initial values that construction copies into parameters and then frees.
+     */
+    public void restart() {
+        MemoryTracker.resetPeaks();
     }
 
     /** Peak bytes of {@code c} since the start, above what was live at the start. */

@@ -166,6 +166,7 @@ public final class Trainer {
                 out.println("kiln: mixture " + cfg.data().mixture() + " over " + members.stream()
                         .map(m -> String.format("%s (%,d train tokens)", m.dir(), m.trainTokens())).toList());
             MemoryAccount account = MemoryAccount.of(model, opt);
+            memory.restart();
             out.println("kiln: " + account);
             if (cfg.lora().rank() > 0)
                 out.printf("kiln: LoRA rank %d, alpha %s on %s; base %s, frozen%n", cfg.lora().rank(), cfg.lora().alpha(), cfg.lora().targets(),
@@ -462,7 +463,7 @@ public final class Trainer {
     }
 
     private static Tensor persistentZerosLike(Tensor t) {
-        try (var s = MemoryScope.persistent()) {
+        try (var s = MemoryScope.persistent(); var a = dev.kiln.tensor.MemoryTracker.attribute(dev.kiln.tensor.MemoryCategory.GRADIENTS)) {
             return Tensor.zerosLike(t);
         }
     }

@@ -28,11 +28,12 @@ class MemoryPlannerTest {
         return ConfigLoader.load(null, o);
     }
 
-    /** The peaks the account measures over two optimizer steps (the second is the steady state), model and optimizer included. */
+    /** The peaks the account measures over two optimizer steps (the second is the steady state), model and optimizer included (not their construction's transient initial values). */
     static MemoryPeaks measure(RunConfig cfg) {
         MemoryPeaks peaks = MemoryPeaks.start();
         Gpt model = RunSetup.buildModel(cfg);
         Optimizer opt = RunSetup.optimizer(cfg.optim(), model);
+        peaks.restart();
         model.train(true);
         Rng rng = new Rng(5);
         int b = cfg.train().batch_size(), t = cfg.model().block_size();
@@ -64,6 +65,7 @@ class MemoryPlannerTest {
         assertEquals(m.peak(MemoryCategory.GRADIENTS), p.peak(MemoryCategory.GRADIENTS), "gradients: " + line);
         assertEquals(m.peak(MemoryCategory.OPTIMIZER_STATE), p.peak(MemoryCategory.OPTIMIZER_STATE), "optimizer state: " + line);
         assertWithin(0.10, p.peak(MemoryCategory.ACTIVATIONS), m.peak(MemoryCategory.ACTIVATIONS), "activations: " + line);
+        assertWithin(0.10, p.peak(MemoryCategory.TEMPORARIES), m.peak(MemoryCategory.TEMPORARIES), "temporaries: " + line);
         assertWithin(0.10, p.peakTotal(), m.peakTotal(), "total: " + line);
     }
 
