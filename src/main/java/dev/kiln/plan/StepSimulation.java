@@ -1,6 +1,5 @@
 package dev.kiln.plan;
 
-import dev.kiln.nn.Recompute;
 import dev.kiln.tensor.MemoryCategory;
 
 import java.util.ArrayList;
