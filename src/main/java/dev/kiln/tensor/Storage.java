@@ -10,11 +10,20 @@ import java.lang.foreign.MemorySegment;
 public final class Storage {
     private final MemorySegment block;
     private final Device device;
+    private MemoryCategory category;
     private boolean released;
 
+    /** Charges the block to this thread's current {@link MemoryCategory}. */
     Storage(MemorySegment block, Device device) {
         this.block = block;
         this.device = device;
+        this.category = MemoryTracker.current();
+        MemoryTracker.allocated(device, category, block.byteSize());
+    }
+
+    /** What the memory was attributed to when it was allocated. */
+    public MemoryCategory category() {
+        return category;
     }
 
     public MemorySegment segment() {
@@ -30,10 +39,19 @@ public final class Storage {
         return released;
     }
 
+    /** Moves the block's bytes to another category (memory whose role changed, e.g. a kept recompute output). */
+    void reattribute(MemoryCategory to) {
+        if (released || to == category) return;
+        MemoryTracker.freed(device, category, block.byteSize());
+        MemoryTracker.allocated(device, to, block.byteSize());
+        category = to;
+    }
+
     /** Hands the block back to the allocator (idempotent). */
     void release() {
         if (released) return;
         released = true;
+        MemoryTracker.freed(device, category, block.byteSize());
         HostAllocator.free(block);
     }
 }

@@ -18,7 +18,9 @@ import dev.kiln.optim.ParamGroup;
 import dev.kiln.optim.Sgd;
 import dev.kiln.optim.WeightAverage;
 import dev.kiln.tensor.DType;
+import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
+import dev.kiln.tensor.MemoryTracker;
 import dev.kiln.tensor.Rng;
 import dev.kiln.tensor.Safetensors;
 import dev.kiln.tensor.Tensor;
@@ -47,6 +49,12 @@ public final class RunSetup {
 
     /** The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters (LoRA: the adapters only). */
     public static Optimizer optimizer(OptimConfig oc, CausalLm model) {
+        try (var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
+            return newOptimizer(oc, model);
+        }
+    }
+
+    private static Optimizer newOptimizer(OptimConfig oc, CausalLm model) {
         // μP (model.init=mup): hidden matrices get learning rate × base_width/n_embd; see Gpt
         List<ParamGroup> groups = model instanceof Gpt gpt && gpt.config.mup()
                 ? ParamGroup.widthScaled(model.trainableParameters(), Gpt::isHiddenMatrix, gpt.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
@@ -71,6 +79,13 @@ public final class RunSetup {
      * loaded separately ({@link #loadBase}), since a checkpoint of the run replaces them anyway.
      */
     public static CausalLm buildModel(RunConfig cfg) {
+        // the scope frees the initial values (randn, zeros) that each Parameter copies into persistent memory
+        try (var scope = MemoryScope.open()) {
+            return newModel(cfg);
+        }
+    }
+
+    private static CausalLm newModel(RunConfig cfg) {
         CausalLm model = CausalLm.build(cfg.model(), cfg.train().seed(), DType.F32);
         LoraConfig lc = cfg.lora();
         if (lc.rank() > 0) {
@@ -80,6 +95,7 @@ public final class RunSetup {
                 throw new TrainingException("lora.targets: " + e.getMessage(), e);
             }
         }
+        model.setRecompute(dev.kiln.nn.Recompute.parse(cfg.train().recompute()));
         QatConfig qc = cfg.qat();
         if (qc.enabled()) {
             Qat.apply(model, qc.bits(), qc.weights(), qc.activations());
@@ -135,9 +151,12 @@ public final class RunSetup {
     /** The weight averages {@code averaging:} switches on, in the order ema, swa, lawa. */
     public static List<WeightAverage> averages(AveragingConfig ac, CausalLm model) {
         List<WeightAverage> out = new ArrayList<>();
-        if (ac.ema_decay() > 0) out.add(WeightAverage.ema(model.namedParameters(), ac.ema_decay()));
-        if (ac.swa_start() > 0) out.add(WeightAverage.swa(model.namedParameters(), ac.swa_start(), ac.swa_interval()));
-        if (ac.lawa_k() > 0) out.add(WeightAverage.lawa(model.namedParameters(), ac.lawa_k(), ac.lawa_interval()));
+        // averaged weights are training state, like the optimizer's moments
+        try (var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
+            if (ac.ema_decay() > 0) out.add(WeightAverage.ema(model.namedParameters(), ac.ema_decay()));
+            if (ac.swa_start() > 0) out.add(WeightAverage.swa(model.namedParameters(), ac.swa_start(), ac.swa_interval()));
+            if (ac.lawa_k() > 0) out.add(WeightAverage.lawa(model.namedParameters(), ac.lawa_k(), ac.lawa_interval()));
+        }
         return out;
     }
 

@@ -4,9 +4,12 @@ import dev.kiln.autograd.Tape;
 import dev.kiln.data.Batch;
 import dev.kiln.data.BatchSampler;
 import dev.kiln.nn.models.CausalLm;
+import dev.kiln.ops.Arith;
 import dev.kiln.optim.GradClip;
 import dev.kiln.optim.Optimizer;
+import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
+import dev.kiln.tensor.MemoryTracker;
 import dev.kiln.tensor.Tensor;
 
 import java.util.Comparator;
@@ -57,17 +60,28 @@ public final class TrainStep {
      * as a batch of their own (in batch order), so the gradient is exactly that of a batch made of those rows.
      */
     public static double forwardBackward(CausalLm model, Batch batch, double labelSmoothing, double zLoss, double selectFraction) {
+        return forwardBackward(model, batch, labelSmoothing, zLoss, selectFraction, 1.0);
+    }
+
+    /**
+     * {@link #forwardBackward(CausalLm, Batch, double, double, double)} with the backpropagated loss multiplied by
+     * {@code gradScale} (gradient accumulation's 1/k); returns the unscaled loss.
+     */
+    public static double forwardBackward(CausalLm model, Batch batch, double labelSmoothing, double zLoss, double selectFraction, double gradScale) {
         Batch trained = selectFraction < 1 ? batch.rows(hardestRows(model, batch, selectCount(batch.batchSize(), selectFraction))) : batch;
         int b = trained.batchSize(), t = trained.blockSize();
         try (var scope = MemoryScope.open()) {
-            Tensor lossT = model.loss(Tensor.ofInts(trained.inputs(), b, t), Tensor.ofInts(trained.targets(), b, t), labelSmoothing, zLoss);
+            Tensor lossT;
+            try (var a = MemoryTracker.attribute(MemoryCategory.ACTIVATIONS)) {
+                lossT = model.loss(Tensor.ofInts(trained.inputs(), b, t), Tensor.ofInts(trained.targets(), b, t), labelSmoothing, zLoss);
+            }
             double loss = lossT.item();
             if (!Double.isFinite(loss)) {
                 Tape.clear();
                 model.zeroGrad();
                 return loss;
             }
-            Tape.backward(lossT);
+            Tape.backward(gradScale == 1.0 ? lossT : Arith.mul(lossT, gradScale));
             return loss;
         }
     }

@@ -66,6 +66,7 @@ public final class Trainer {
     private long corruptAtStep = -1;
     private int corruptionsLeft;
     private BiConsumer<Long, Batch> batchObserver;
+    private MemoryPeaks memory;
 
     public Trainer(RunConfig cfg, boolean resume, PrintStream out, boolean interactive) {
         this.cfg = cfg;
@@ -99,6 +100,7 @@ public final class Trainer {
         TrainingConfig tc = cfg.train();
         OptimConfig oc = cfg.optim();
         CpuBackend.configure(tc.threads());
+        memory = MemoryPeaks.start();
         PreparedData data = Workspace.prepareData(cfg.data());
         // a mixture: every member's training shard (member 0 is `data`: its validation split and tokenizer are the run's)
         List<PreparedData> members = cfg.data().mixture().isBlank() ? List.of(data) : Workspace.prepareMixture(cfg.data());
@@ -164,6 +166,7 @@ public final class Trainer {
                 out.println("kiln: mixture " + cfg.data().mixture() + " over " + members.stream()
                         .map(m -> String.format("%s (%,d train tokens)", m.dir(), m.trainTokens())).toList());
             MemoryAccount account = MemoryAccount.of(model, opt);
+            memory.restart();
             out.println("kiln: " + account);
             if (cfg.lora().rank() > 0)
                 out.printf("kiln: LoRA rank %d, alpha %s on %s; base %s, frozen%n", cfg.lora().rank(), cfg.lora().alpha(), cfg.lora().targets(),
@@ -253,7 +256,8 @@ public final class Trainer {
                 long t0 = System.nanoTime();
                 long gc0 = gcMillis();
                 int b = length.batchSize(step);
-                double lr = schedule.lr(step, length.scheduleTotal(step, elapsed)) * RunSetup.lrScaling(oc, b) * lrScale;
+                int k = tc.grad_accum_steps();
+                double lr = schedule.lr(step, length.scheduleTotal(step, elapsed)) * RunSetup.lrScaling(oc, k * b) * lrScale;
                 if (step + 1 == corruptAtStep && corruptionsLeft-- > 0) model.finalNormWeight().setFlat(0, Double.NaN);
                 LayerDrop.Plan plan = layerDrop == null ? null : layerDrop.plan(step, model.depth());
                 if (plan != null) {
@@ -265,9 +269,9 @@ public final class Trainer {
                 if (qat.enabled()) Qat.setActive(model, qat.activeAfter(step));
                 int seqLen = curriculum.seqLen(step);
                 double competence = curriculum.competence(step);
-                Batch batch = sampler.next(b, seqLen, competence);
-                if (batchObserver != null) batchObserver.accept(step, batch);
-                TrainStep.StepResult r = TrainStep.step(model, opt, batch, lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss(), tc.select_fraction());
+                List<Batch> micro = GradAccumulation.draw(sampler, k, b, seqLen, competence);
+                if (batchObserver != null) for (Batch mb : micro) batchObserver.accept(step, mb);
+                TrainStep.StepResult r = GradAccumulation.step(model, opt, micro, lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss(), tc.select_fraction());
                 model.setLayerPlan(null, null);
                 long done = step + 1;
                 if (!Double.isFinite(r.loss()) || !Double.isFinite(r.gradNorm())) {
@@ -304,7 +308,7 @@ public final class Trainer {
                 badSteps = 0;
                 lastDone = done;
                 if (qat.enabled()) Qat.setActive(model, qat.activeAfter(done)); // evaluations and checkpoints see the model of the next step
-                long stepTokens = (long) b * seqLen; // every row drawn counts, also those selective backprop leaves out
+                long stepTokens = (long) k * b * seqLen; // every row drawn counts, also those selective backprop leaves out
                 tokensSeen += stepTokens;
                 tokensThisProcess += stepTokens;
                 for (WeightAverage a : averages) a.update(done);
@@ -336,6 +340,7 @@ public final class Trainer {
                     ObjectNode ev = metrics.record().put("step", done).put("val_loss", val).put("eval_batches", tc.eval_iters())
                             .put("tokens", tokensSeen).put("elapsed_s", elapsed);
                     putMemberTokens(ev, sampler);
+                    memory.record(ev);
                     StringBuilder line = new StringBuilder(String.format("step %d: val loss %.4f", done, val));
                     for (WeightAverage a : averages) {
                         if (!a.ready()) continue;
@@ -395,6 +400,7 @@ public final class Trainer {
                 ObjectNode rec = metrics.record().put("step", lastDone).put("val_loss", finalVal).put("eval_batches", tc.final_eval_iters())
                         .put("tokens", tokensSeen).put("elapsed_s", budgetClock0 + seconds).put("final", true).put("ended_by", endedBy);
                 putMemberTokens(rec, sampler);
+                memory.record(rec);
                 for (WeightAverage a : averages) {
                     if (!a.ready()) continue;
                     double av = Evaluation.evaluateWith(model, a.weights(), valShard, tc.batch_size(), t, tc.final_eval_iters(), tc.seed() + 1);
@@ -407,6 +413,7 @@ public final class Trainer {
         out.printf("kiln: %d steps in %s (%,.0f tok/s), ended by %s; final val loss %.4f over %d batches; checkpoint %s%n",
                 losses.size(), Progress.formatDuration(Math.round(seconds)), tokPerSec, endedBy, finalVal, tc.final_eval_iters(),
                 lastCheckpoint == null ? "none" : lastCheckpoint);
+        out.println("kiln: " + memory.summary());
         if (!cfg.data().mixture().isBlank()) {
             long[] mt = sampler.memberTokens();
             long all = java.util.Arrays.stream(mt).sum();
@@ -456,7 +463,7 @@ public final class Trainer {
     }
 
     private static Tensor persistentZerosLike(Tensor t) {
-        try (var s = MemoryScope.persistent()) {
+        try (var s = MemoryScope.persistent(); var a = dev.kiln.tensor.MemoryTracker.attribute(dev.kiln.tensor.MemoryCategory.GRADIENTS)) {
             return Tensor.zerosLike(t);
         }
     }

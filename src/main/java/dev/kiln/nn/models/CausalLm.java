@@ -102,4 +102,13 @@ public abstract class CausalLm extends Module {
     public void setLayerPlan(boolean[] keep, double[] keepProb) {
         if (keep != null) throw new KilnException("layer drop is implemented for model.arch gpt only, not for " + describe());
     }
+
+    /** Which activations training forwards recompute in backward ({@code train.recompute}); see {@link Gpt#setRecompute}. */
+    public void setRecompute(dev.kiln.nn.Recompute mode) {
+        if (mode != dev.kiln.nn.Recompute.NONE) throw new KilnException("activation recomputation is implemented for model.arch gpt only, not for " + describe());
+    }
+
+    public dev.kiln.nn.Recompute recompute() {
+        return dev.kiln.nn.Recompute.NONE;
+    }
 }

@@ -6,6 +6,8 @@ import dev.kiln.nn.LayerNorm;
 import dev.kiln.nn.Linear;
 import dev.kiln.nn.Module;
 import dev.kiln.nn.Parameter;
+import dev.kiln.nn.Recompute;
+import dev.kiln.autograd.Checkpoint;
 import dev.kiln.ops.Activations;
 import dev.kiln.ops.Arith;
 import dev.kiln.ops.Attention;
@@ -56,6 +58,7 @@ public final class Gpt extends CausalLm {
     private boolean[] keep;
     private double[] keepProb;
     private long blocksRun, blocksSkipped;
+    private Recompute recompute = Recompute.NONE;
 
     /** Standard deviations of the three tensor classes an initialisation distinguishes. */
     private record Init(double embedding, double matrix, double projection) {
@@ -168,7 +171,11 @@ public final class Gpt extends CausalLm {
                 blocksSkipped++;
                 continue;
             }
-            x = blocks.get(i).forward(x, planned ? 1.0 / keepProb[i] : 1.0);
+            Block block = blocks.get(i);
+            double scale = planned ? 1.0 / keepProb[i] : 1.0;
+            x = recompute == Recompute.FULL
+                    ? Checkpoint.apply(in -> block.forward(in, scale, Recompute.NONE), x, dropoutRng, block.parameters())
+                    : block.forward(x, scale, recompute);
             blocksRun++;
         }
         x = lnF.forward(x);
@@ -198,11 +205,13 @@ public final class Gpt extends CausalLm {
             default -> throw new IllegalArgumentException("growth method must be copy or zero, got " + method);
         };
         Rng rng = copy ? null : new Rng(seed * 0x9E3779B97F4A7C15L + toLayers);
-        for (int j = from; j < toLayers; j++) {
-            Block b = new Block(config, rng, init, dtype, dropoutRng);
-            if (copy) b.copyFrom(blocks.get(j % from));
-            b.zeroOutputProjections();
-            blocks.add(h.registerModuleIn(Integer.toString(j), b));
+        try (var scope = MemoryScope.open()) { // frees the initial values the new Parameters copied
+            for (int j = from; j < toLayers; j++) {
+                Block b = new Block(config, rng, init, dtype, dropoutRng);
+                if (copy) b.copyFrom(blocks.get(j % from));
+                b.zeroOutputProjections();
+                blocks.add(h.registerModuleIn(Integer.toString(j), b));
+            }
         }
     }
 
@@ -233,6 +242,17 @@ public final class Gpt extends CausalLm {
         this.keepProb = keep == null ? null : keepProb;
     }
 
+    /** Which activations training forwards recompute in backward instead of keeping ({@code train.recompute}). */
+    @Override
+    public void setRecompute(Recompute mode) {
+        this.recompute = mode;
+    }
+
+    @Override
+    public Recompute recompute() {
+        return recompute;
+    }
+
     /** Block forwards run so far (every forward, training and eval). */
     public long blocksRun() {
         return blocksRun;
@@ -249,6 +269,7 @@ public final class Gpt extends CausalLm {
         final Linear cAttn, attnProj, cFc, mlpProj;
         final Dropout residDrop1, residDrop2;
         final int nHead;
+        private final Rng dropoutRng;
         /** μP only: (3C) column scales 1/√d on q, 1 on k and v, making the kernel's q·k/√d a q·k/d. */
         private final Tensor qkvScale;
 
@@ -267,6 +288,7 @@ public final class Gpt extends CausalLm {
             residDrop1 = attn.registerModuleIn("resid_dropout", new Dropout(cfg.dropout(), dropoutRng));
             residDrop2 = mlp.registerModuleIn("dropout", new Dropout(cfg.dropout(), dropoutRng));
             qkvScale = cfg.mup() ? qkvScale(c, cfg.headSize(), dtype) : null;
+            this.dropoutRng = dropoutRng;
         }
 
         private static Tensor qkvScale(int c, int d, DType dtype) {
@@ -278,24 +300,35 @@ public final class Gpt extends CausalLm {
         }
 
         Tensor forward(Tensor x) {
-            return forward(x, 1.0);
+            return forward(x, 1.0, Recompute.NONE);
         }
 
-        /** {@code branchScale} multiplies both residual branches (layer drop's 1/keep-probability). */
-        Tensor forward(Tensor x, double branchScale) {
-            Tensor a = residDrop1.forward(attention(ln1.forward(x)));
+        /**
+         * {@code branchScale} multiplies both residual branches (layer drop's 1/keep-probability); {@code recompute}
+         * SELECTIVE recomputes the attention core and GELU + c_proj in backward (see {@link Recompute}).
+         */
+        Tensor forward(Tensor x, double branchScale, Recompute recompute) {
+            boolean selective = recompute == Recompute.SELECTIVE;
+            Tensor a = residDrop1.forward(attention(ln1.forward(x), selective));
             if (branchScale != 1.0) a = Arith.mul(a, branchScale);
             x = Arith.add(x, a);
-            Tensor m = residDrop2.forward(mlpProj.forward(Activations.gelu(cFc.forward(ln2.forward(x)))));
+            Tensor h = cFc.forward(ln2.forward(x));
+            // mlpProj may carry a LoRA adapter whose dropout draws from the model's generator: replayed on recompute
+            Tensor m = residDrop2.forward(selective
+                    ? Checkpoint.apply(in -> mlpProj.forward(Activations.gelu(in)), h, dropoutRng, mlpProj.parameters())
+                    : mlpProj.forward(Activations.gelu(h)));
             if (branchScale != 1.0) m = Arith.mul(m, branchScale);
             return Arith.add(x, m);
         }
 
         /** q, k, v = c_attn(x) split in heads; causal softmax(q·kᵀ/√D)·v (q·kᵀ/D under μP); heads merged; c_proj. */
-        private Tensor attention(Tensor x) {
+        private Tensor attention(Tensor x, boolean recomputeCore) {
             Tensor qkv = cAttn.forward(x);
             if (qkvScale != null) qkv = Arith.mul(qkv, qkvScale);
-            return attnProj.forward(Attention.causalSelfAttentionPacked(qkv, nHead));
+            Tensor heads = recomputeCore
+                    ? Checkpoint.apply(in -> Attention.causalSelfAttentionPacked(in, nHead), qkv, null, List.of())
+                    : Attention.causalSelfAttentionPacked(qkv, nHead);
+            return attnProj.forward(heads);
         }
 
         private void copyFrom(Block src) {

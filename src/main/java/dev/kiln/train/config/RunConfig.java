@@ -208,6 +208,11 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         if (!(t.layer_drop_gamma() >= 0 && Double.isFinite(t.layer_drop_gamma()))) fail("train.layer_drop_gamma", "must be >= 0, got " + t.layer_drop_gamma());
         if (!(t.select_fraction() > 0 && t.select_fraction() <= 1))
             fail("train.select_fraction", "must be in (0, 1] (1 = off), got " + t.select_fraction());
+        if (dev.kiln.nn.Recompute.parse(t.recompute()) == null)
+            fail("train.recompute", "must be one of " + dev.kiln.nn.Recompute.NAMES + ", got " + t.recompute());
+        if (m.llama() && !"none".equals(t.recompute()))
+            fail("train.recompute", "is implemented for model.arch gpt only, got " + t.recompute() + " with model.arch llama", "model.arch");
+        positive("train.grad_accum_steps", t.grad_accum_steps());
 
         AveragingConfig a = averaging;
         unitInterval("averaging.ema_decay", a.ema_decay());
