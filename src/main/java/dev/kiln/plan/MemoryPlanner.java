@@ -16,6 +16,7 @@ public final class MemoryPlanner {
     public static PlanShape shape(RunConfig cfg) {
         var m = cfg.model();
         if (m.vocab_size() <= 0) throw new IllegalArgumentException("model.vocab_size must be resolved before planning");
+        if (m.llama()) throw new dev.kiln.KilnException("model.arch: kiln plan models GPT's step so far, not llama");
         var t = cfg.train();
         return new PlanShape(m.n_layer(), m.n_head(), m.n_embd(), m.block_size(), m.vocab_size(), t.batch_size(), t.grad_accum_steps(),
                 m.dropout() > 0, m.bias(), Recompute.parse(t.recompute()), cfg.optim().optimizer(), cfg.optim().momentum());
