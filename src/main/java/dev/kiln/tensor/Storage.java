@@ -3,23 +3,56 @@ package dev.kiln.tensor;
 import java.lang.foreign.MemorySegment;
 
 /**
- * A block of off-heap memory shared by a tensor and its views. Once handed back to the allocator
- * the storage is dead: a tensor that outlived its scope fails loudly on use instead of silently
+ * A block of memory shared by a tensor and its views: off-heap host memory, or a {@link DeviceBlock} on an
+ * accelerator (which the host cannot read: {@link #segment()} refuses it). Once handed back to the
+ * allocator the storage is dead: a tensor that outlived its scope fails loudly on use instead of silently
  * reading another tensor's data.
  */
 public final class Storage {
-    private final MemorySegment block;
+    private final MemorySegment block;         // null for device memory
+    private final DeviceBlock deviceBlock;     // null for host memory
     private final Device device;
     private boolean released;
 
     Storage(MemorySegment block, Device device) {
         this.block = block;
+        this.deviceBlock = null;
         this.device = device;
     }
 
+    private Storage(DeviceBlock block, Device device) {
+        this.block = null;
+        this.deviceBlock = block;
+        this.device = device;
+    }
+
+    /** Storage for memory on {@code device} (not the host), returned to its allocator on release. */
+    public static Storage onDevice(DeviceBlock block, Device device) {
+        if (device.kind() == Device.Kind.CPU) throw new IllegalArgumentException("device memory on the host device " + device);
+        return new Storage(block, device);
+    }
+
+    /** The host memory; device memory has none the host can read, so that fails naming the device. */
     public MemorySegment segment() {
-        if (released) throw new IllegalStateException("tensor memory was released (used after its scope closed)");
+        if (released || block == null) throw unreadable();
         return block;
+    }
+
+    private IllegalStateException unreadable() {
+        if (released) return new IllegalStateException("tensor memory was released (used after its scope closed)");
+        return new IllegalStateException("tensor memory is on " + device + ": the host cannot read it; copy the tensor to the CPU first");
+    }
+
+    /** The device memory, for backends of that device; fails for host storage. */
+    public DeviceBlock deviceBlock() {
+        if (released) throw unreadable();
+        if (deviceBlock == null) throw new IllegalStateException("tensor memory is on the host, not a device");
+        return deviceBlock;
+    }
+
+    /** Bytes of the underlying block. */
+    public long byteSize() {
+        return block != null ? block.byteSize() : deviceBlock.byteSize();
     }
 
     public Device device() {
@@ -34,6 +67,7 @@ public final class Storage {
     void release() {
         if (released) return;
         released = true;
-        HostAllocator.free(block);
+        if (deviceBlock != null) deviceBlock.free();
+        else HostAllocator.free(block);
     }
 }
