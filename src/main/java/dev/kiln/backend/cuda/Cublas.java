@@ -68,7 +68,8 @@ public final class Cublas {
     /** Allows (TF32) or forbids (exact fp32) tensor-core math for fp32 GEMMs. */
     public void setTf32(MemorySegment handle, boolean on) {
         try {
-            check("cublasSetMathMode", (int) setMathMode.invokeExact(handle, on ? TF32_TENSOR_OP_MATH : DEFAULT_MATH));
+            int mode = on ? TF32_TENSOR_OP_MATH : DEFAULT_MATH;
+            check("cublasSetMathMode", (int) setMathMode.invokeExact(handle, mode));
         } catch (Throwable t) {
             throw Native.rethrow(t);
         }

@@ -190,14 +190,17 @@ public final class CudaRuntime implements DeviceMemory {
         return kernels;
     }
 
-    /** A kernel function of {@code source} (compiled for this GPU, cached on disk, its module loaded once). */
-    public synchronized MemorySegment function(String source, String sourceName, String kernelName) {
+    /**
+     * A kernel function of {@code source} with its {@code headers} (compiled for this GPU, cached on disk, its module
+     * loaded once per process).
+     */
+    public synchronized MemorySegment function(String source, String sourceName, Map<String, String> headers, String kernelName) {
         makeCurrent();
         List<String> options = KernelCache.options(ccMajor, ccMinor, List.of());
-        String key = kernels().key(source, options);
+        String key = kernels().key(source, headers, options);
         MemorySegment module = modules.get(key);
         if (module == null) {
-            module = driver.loadModule(kernels().cubin(source, sourceName, options));
+            module = driver.loadModule(kernels().cubin(source, sourceName, headers, options));
             modules.put(key, module);
         }
         return driver.function(module, kernelName);

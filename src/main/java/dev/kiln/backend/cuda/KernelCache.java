@@ -17,6 +17,7 @@ import java.util.Arrays;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
+import java.util.TreeMap;
 
 /**
  * Compiled kernels on disk: a cubin per (compiler version, options, source), named by the SHA-256 of those,
@@ -59,13 +60,24 @@ public final class KernelCache {
         return o;
     }
 
-    /** Hex SHA-256 of the compiler version, the options (in order) and the source. */
-    public String key(String source, List<String> options) {
+    /** Hex SHA-256 of the compiler version, the options (in order), the headers (by name) and the source. */
+    public String key(String source, Map<String, String> headers, List<String> options) {
         MessageDigest d = sha256();
         d.update((compiler.version() + "\0").getBytes(StandardCharsets.UTF_8));
         for (String o : options) d.update((o + "\0").getBytes(StandardCharsets.UTF_8));
+        for (var h : new TreeMap<>(headers).entrySet()) {
+            // lengths delimit the parts, so no text can pose as another split of the same bytes
+            byte[] n = h.getKey().getBytes(StandardCharsets.UTF_8), t = h.getValue().getBytes(StandardCharsets.UTF_8);
+            d.update(ByteBuffer.allocate(16).putLong(n.length).putLong(t.length).array());
+            d.update(n);
+            d.update(t);
+        }
         d.update(source.getBytes(StandardCharsets.UTF_8));
         return HexFormat.of().formatHex(d.digest());
+    }
+
+    public String key(String source, List<String> options) {
+        return key(source, Map.of(), options);
     }
 
     public Path path(String key) {
@@ -73,17 +85,21 @@ public final class KernelCache {
     }
 
     /** The cubin of {@code source}: from the cache if a valid entry exists, else compiled and stored. */
-    public byte[] cubin(String source, String name, List<String> options) {
-        Path file = path(key(source, options));
+    public byte[] cubin(String source, String name, Map<String, String> headers, List<String> options) {
+        Path file = path(key(source, headers, options));
         byte[] cached = read(file);
         if (cached != null) {
             hits++;
             return cached;
         }
-        byte[] image = compiler.compile(source, name, options);
+        byte[] image = compiler.compile(source, name, headers, options);
         compiles++;
         store(file, image);
         return image;
+    }
+
+    public byte[] cubin(String source, String name, List<String> options) {
+        return cubin(source, name, Map.of(), options);
     }
 
     /** Reads a classpath resource (e.g. {@code /dev/kiln/cuda/kernels/gelu.cu}) as source text. */

@@ -6,6 +6,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.SymbolLookup;
 import java.lang.invoke.MethodHandle;
 import java.util.List;
+import java.util.Map;
 
 import static dev.kiln.backend.cuda.Native.INT;
 import static dev.kiln.backend.cuda.Native.LONG;
@@ -70,23 +71,32 @@ public final class Nvrtc implements KernelCompiler {
 
     /** Compiles to a cubin; {@code options} must name a real architecture ({@code --gpu-architecture=sm_90}). */
     @Override
-    public byte[] compile(String source, String name, List<String> options) {
-        return build(source, name, options, true);
+    public byte[] compile(String source, String name, Map<String, String> headers, List<String> options) {
+        return build(source, name, headers, options, true);
     }
 
     /** Compiles to PTX (options with {@code compute_XX} or {@code sm_XX}); the text, without its trailing NUL. */
-    public String compilePtx(String source, String name, List<String> options) {
-        byte[] b = build(source, name, options, false);
+    public String compilePtx(String source, String name, Map<String, String> headers, List<String> options) {
+        byte[] b = build(source, name, headers, options, false);
         int n = b.length;
         while (n > 0 && b[n - 1] == 0) n--;
         return new String(b, 0, n, java.nio.charset.StandardCharsets.UTF_8);
     }
 
-    private byte[] build(String source, String name, List<String> options, boolean wantCubin) {
+    private byte[] build(String source, String name, Map<String, String> headers, List<String> options, boolean wantCubin) {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment progOut = a.allocate(PTR);
+            int nh = headers.size();
+            MemorySegment texts = a.allocate(PTR, Math.max(1, nh)), names = a.allocate(PTR, Math.max(1, nh));
+            int h = 0;
+            for (var e : headers.entrySet()) {
+                texts.setAtIndex(PTR, h, a.allocateFrom(e.getValue()));
+                names.setAtIndex(PTR, h++, a.allocateFrom(e.getKey()));
+            }
+            // locals, not ?: inside invokeExact: a conditional there is typed Object and breaks the exact signature
+            MemorySegment headerTexts = nh == 0 ? MemorySegment.NULL : texts, includeNames = nh == 0 ? MemorySegment.NULL : names;
             check("nvrtcCreateProgram(" + name + ")", (int) create.invokeExact(progOut, a.allocateFrom(source), a.allocateFrom(name),
-                    0, MemorySegment.NULL, MemorySegment.NULL));
+                    nh, headerTexts, includeNames));
             MemorySegment prog = progOut.get(PTR, 0);
             try {
                 MemorySegment opts = a.allocate(PTR, Math.max(1, options.size()));

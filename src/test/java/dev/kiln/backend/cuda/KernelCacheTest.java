@@ -29,9 +29,9 @@ class KernelCacheTest {
         String version = "fake 1.0";
 
         @Override
-        public byte[] compile(String source, String name, List<String> options) {
+        public byte[] compile(String source, String name, Map<String, String> headers, List<String> options) {
             calls.add(name);
-            return ("CUBIN[" + options + "]" + source).repeat(50).getBytes(StandardCharsets.UTF_8);
+            return ("CUBIN[" + options + "]" + headers + source).repeat(50).getBytes(StandardCharsets.UTF_8);
         }
 
         @Override
@@ -65,6 +65,10 @@ class KernelCacheTest {
         assertNotEquals(k, c.key(SRC + " ", sm90));
         assertNotEquals(k, c.key(SRC, sm80));
         assertNotEquals(k, c.key(SRC, KernelCache.options(9, 0, List.of("-lineinfo"))));
+        assertNotEquals(k, c.key(SRC, Map.of("k.h", "#define X 1"), sm90), "headers are part of the key");
+        assertNotEquals(c.key(SRC, Map.of("k.h", "#define X 1"), sm90), c.key(SRC, Map.of("k.h", "#define X 2"), sm90));
+        assertNotEquals(c.key(SRC, Map.of("a.h", "bc"), sm90), c.key(SRC, Map.of("a.hb", "c"), sm90), "name/text boundaries count");
+        assertEquals(c.key(SRC, Map.of("a.h", "1", "b.h", "2"), sm90), c.key(SRC, new java.util.LinkedHashMap<>(Map.of("b.h", "2", "a.h", "1")), sm90));
         fc.version = "fake 1.1";
         assertNotEquals(k, c.key(SRC, sm90));
         assertEquals(dir.resolve(k + ".cubin"), new KernelCache(dir, new FakeCompiler()).path(k));

@@ -6,6 +6,7 @@ import org.junit.jupiter.api.io.TempDir;
 
 import java.nio.file.Path;
 import java.util.List;
+import java.util.Map;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -41,10 +42,10 @@ class NvrtcTest {
     void compilesAKernelToPtxAndCubinForSm90() {
         assumeTrue(nvrtc != null, () -> "NVRTC absent: " + why);
         assertTrue(nvrtc.version().matches("nvrtc 1[2-9]\\.\\d+"), nvrtc.version());
-        String ptx = nvrtc.compilePtx(SAXPY, "saxpy.cu", List.of("--gpu-architecture=compute_90"));
+        String ptx = nvrtc.compilePtx(SAXPY, "saxpy.cu", Map.of(), List.of("--gpu-architecture=compute_90"));
         assertTrue(ptx.contains(".visible .entry saxpy("), ptx);
         assertTrue(ptx.contains(".target sm_90"), ptx);
-        byte[] cubin = nvrtc.compile(SAXPY, "saxpy.cu", KernelCache.options(9, 0, List.of()));
+        byte[] cubin = nvrtc.compile(SAXPY, "saxpy.cu", Map.of(), KernelCache.options(9, 0, List.of()));
         // a cubin is an ELF file
         assertTrue(cubin.length > 64);
         assertArrayEquals(new byte[] {0x7f, 'E', 'L', 'F'}, java.util.Arrays.copyOf(cubin, 4));
@@ -54,7 +55,7 @@ class NvrtcTest {
     void compileErrorNamesTheCallAndQuotesTheLog() {
         assumeTrue(nvrtc != null, () -> "NVRTC absent: " + why);
         CudaException e = assertThrows(CudaException.class,
-                () -> nvrtc.compile("extern \"C\" __global__ void bad(float* x) { x[0] = undefined_name; }", "bad.cu",
+                () -> nvrtc.compile("extern \"C\" __global__ void bad(float* x) { x[0] = undefined_name; }", "bad.cu", Map.of(),
                         KernelCache.options(9, 0, List.of())));
         String m = e.getMessage();
         assertTrue(m.startsWith("nvrtcCompileProgram(bad.cu, --gpu-architecture=sm_90 --std=c++17) failed: NVRTC_ERROR_COMPILATION"), m);
@@ -71,6 +72,18 @@ class NvrtcTest {
         byte[] b = new KernelCache(dir, nvrtc).cubin(SAXPY, "saxpy.cu", opts);
         assertArrayEquals(a, b);
         assertEquals(1, c.compiles());
+    }
+
+    @Test
+    void headersResolveIncludes() {
+        assumeTrue(nvrtc != null, () -> "NVRTC absent: " + why);
+        String src = "#include \"scale.h\"\nextern \"C\" __global__ void twice(float* x) { x[threadIdx.x] *= KILN_SCALE; }\n";
+        String ptx = nvrtc.compilePtx(src, "twice.cu", Map.of("scale.h", "#define KILN_SCALE 2.5f\n"), List.of("--gpu-architecture=compute_90"));
+        assertTrue(ptx.contains(".visible .entry twice("), ptx);
+        assertTrue(ptx.contains("0f40200000"), "2.5f as a PTX literal: " + ptx);
+        CudaException e = assertThrows(CudaException.class,
+                () -> nvrtc.compilePtx(src, "twice.cu", Map.of(), List.of("--gpu-architecture=compute_90")));
+        assertTrue(e.getMessage().contains("scale.h"), e.getMessage());
     }
 
     @Test
