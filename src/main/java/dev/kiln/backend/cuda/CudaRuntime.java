@@ -52,7 +52,11 @@ public final class CudaRuntime implements DeviceMemory {
 
     /** Opens GPU {@code index}: driver, cuInit, primary context, a non-blocking compute stream. */
     public static CudaRuntime open(CudaLibraries libs, int index) {
-        CudaDriver driver = new CudaDriver(libs.open(CudaLibraries.Library.DRIVER));
+        return open(new CudaDriver(libs.open(CudaLibraries.Library.DRIVER)), libs, index);
+    }
+
+    /** Opens GPU {@code index} through an already bound driver (a fake one in tests). */
+    static CudaRuntime open(CudaDriver driver, CudaLibraries libs, int index) {
         int rc = driver.init();
         if (rc != CudaDriver.CUDA_SUCCESS)
             throw new CudaUnavailableException("CUDA is not available: cuInit failed with " + driver.errorName(rc) + " (" + rc + ")"
