@@ -47,10 +47,6 @@ public final class CudaBackend implements Backend {
         int abType = cudaType(ab, "A/B"), cType = cudaType(c.t().dtype(), "C");
         GemmLayout g = GemmLayout.of(batch, m, n, k, operand(a), operand(b), operand(c), ab.byteSize(), c.t().dtype().byteSize());
         rt.makeCurrent();
-        if (k == 0) {   // cuBLAS treats k = 0 as C = beta·C as well; kept explicit for clarity of the contract
-            rt.cublas().gemmStridedBatched(rt.cublasHandle(), g, 0f, (float) beta, abType, cType, Cublas.COMPUTE_32F);
-            return;
-        }
         rt.cublas().gemmStridedBatched(rt.cublasHandle(), g, (float) alpha, (float) beta, abType, cType, Cublas.COMPUTE_32F);
     }
 

@@ -42,6 +42,7 @@ public record GemmLayout(int transA, int transB, int m, int n, int k,
     }
 
     private static int ld(long ld) {
+        ld = Math.max(1, ld);   // cuBLAS wants ld ≥ 1 even for an empty operand (k = 0)
         if (ld > Integer.MAX_VALUE) throw new UnsupportedOperationException("CUDA GEMM: leading dimension " + ld + " exceeds 2^31");
         return (int) ld;
     }
