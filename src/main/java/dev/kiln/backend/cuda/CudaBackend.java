@@ -16,7 +16,7 @@ public final class CudaBackend implements Backend {
 
     private final CudaRuntime rt;
 
-    private CudaBackend(CudaRuntime rt) {
+    CudaBackend(CudaRuntime rt) {
         this.rt = rt;
     }
 

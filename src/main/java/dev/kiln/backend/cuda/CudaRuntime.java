@@ -173,14 +173,17 @@ public final class CudaRuntime implements DeviceMemory {
 
     /** cuBLAS with a handle on the compute stream (TF32 off: fp32 GEMMs are exact fp32 unless asked). */
     public synchronized Cublas cublas() {
-        if (cublas == null) {
-            makeCurrent();
-            Cublas c = new Cublas(libs.open(CudaLibraries.Library.CUBLAS));
-            cublasHandle = c.createHandle(stream);
-            c.setTf32(cublasHandle, false);
-            cublas = c;
-        }
+        if (cublas == null) bindCublas(libs.open(CudaLibraries.Library.CUBLAS));
         return cublas;
+    }
+
+    /** Binds cuBLAS from {@code lib} (a fake one in tests) with a handle on the compute stream. */
+    synchronized void bindCublas(java.lang.foreign.SymbolLookup lib) {
+        makeCurrent();
+        Cublas c = new Cublas(lib);
+        cublasHandle = c.createHandle(stream);
+        c.setTf32(cublasHandle, false);
+        cublas = c;
     }
 
     public synchronized MemorySegment cublasHandle() {

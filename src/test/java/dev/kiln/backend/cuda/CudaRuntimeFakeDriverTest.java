@@ -1,5 +1,7 @@
 package dev.kiln.backend.cuda;
 
+import dev.kiln.backend.Backend;
+import dev.kiln.backend.cpu.CpuBackend;
 import dev.kiln.tensor.DType;
 import dev.kiln.tensor.Device;
 import dev.kiln.tensor.MemoryScope;
@@ -7,6 +9,8 @@ import dev.kiln.tensor.Tensor;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.parallel.Isolated;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
@@ -136,6 +140,61 @@ class CudaRuntimeFakeDriverTest {
         assertEquals(0L, geometry[8], "extra is NULL");
         assertArrayEquals(new Object[] {1.75f, 0x1000L, 0x2000L, 77}, args);
         assertThrows(IllegalArgumentException.class, () -> rt.launch(f, 1, 1, 1, 0, 1.0));   // a double is not a kernel argument type
+    }
+
+    /** Operand rows×cols of batch-contiguous storage, stored as is or transposed. */
+    private static Backend.Mat mat(Tensor t, int rows, int cols, boolean transposed) {
+        long bs = (long) rows * cols;
+        return transposed ? new Backend.Mat(t, 0, bs, 1, rows) : new Backend.Mat(t, 0, bs, cols, 1);
+    }
+
+    /**
+     * CudaBackend.gemm through the Cublas binding into the fake cuBLAS (column-major semantics on fake device
+     * memory), against the CPU GEMM on the same (bf16-rounded) inputs. Tolerance 1e-5·k: fp32 sums of k products of
+     * values in (−1, 1) in two different orders.
+     */
+    @ParameterizedTest
+    @CsvSource({"F32,1,7,5,3,false,false", "F32,1,16,9,33,true,false", "F32,2,6,11,8,false,true", "BF16,3,5,4,19,true,true",
+            "BF16,1,1,8,8,false,false"})
+    void cublasGemmMatchesTheCpuGemm(DType type, int batch, int m, int n, int k, boolean ta, boolean tb) {
+        CudaRuntime rt = open();
+        FakeCublas.calls.clear();
+        rt.bindCublas(FakeCublas.lookup());
+        CudaBackend gpu = new CudaBackend(rt);
+        try (MemoryScope s = MemoryScope.open()) {
+            Tensor a = Tensor.randn(new dev.kiln.tensor.Rng(m), 0.5, DType.F32, batch, ta ? k : m, ta ? m : k);
+            Tensor b = Tensor.randn(new dev.kiln.tensor.Rng(n), 0.5, DType.F32, batch, tb ? n : k, tb ? k : n);
+            Tensor c0 = Tensor.randn(new dev.kiln.tensor.Rng(k), 0.5, DType.F32, batch, m, n);
+            Tensor cCpu = c0.copy();
+            CpuBackend.get().gemm(batch, m, n, k, 0.5, mat(a.to(type).to(DType.F32), m, k, ta), mat(b.to(type).to(DType.F32), k, n, tb),
+                    0.25, new Backend.Mat(cCpu, 0, (long) m * n, n, 1));
+            Tensor dc = rt.toDevice(c0);
+            gpu.gemm(batch, m, n, k, 0.5, mat(rt.toDevice(a.to(type)), m, k, ta), mat(rt.toDevice(b.to(type)), k, n, tb), 0.25,
+                    new Backend.Mat(dc, 0, (long) m * n, n, 1));
+            float[] got = rt.toHost(dc).toFloatArray(), want = cCpu.toFloatArray();
+            for (int i = 0; i < got.length; i++) assertEquals(want[i], got[i], 1e-5 * k, "element " + i);
+        }
+        assertTrue(FakeCublas.calls.contains("setMathMode(0)"), "TF32 off: " + FakeCublas.calls);
+        int t = type == DType.F32 ? 0 : 14;
+        assertTrue(FakeCublas.calls.stream().anyMatch(c -> c.endsWith(" types " + t + "," + t + ",0 compute 68 algo -1")), FakeCublas.calls.toString());
+    }
+
+    @Test
+    void gemmRefusesHostOperandsAndUnsupportedTypes() {
+        CudaRuntime rt = open();
+        rt.bindCublas(FakeCublas.lookup());
+        CudaBackend gpu = new CudaBackend(rt);
+        Tensor dev = rt.empty(DType.F32, 4, 4), host = Tensor.zeros(4, 4), dev64 = rt.empty(DType.F64, 4, 4);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> gpu.gemm(1, 4, 4, 4, 1, new Backend.Mat(dev, 0, 0, 4, 1),
+                new Backend.Mat(host, 0, 0, 4, 1), 0, new Backend.Mat(dev, 0, 0, 4, 1)));
+        assertEquals("CUDA GEMM on cuda:0 got a tensor on cpu", e.getMessage());
+        UnsupportedOperationException u = assertThrows(UnsupportedOperationException.class, () -> gpu.gemm(1, 4, 4, 4, 1,
+                new Backend.Mat(dev64, 0, 0, 4, 1), new Backend.Mat(dev64, 0, 0, 4, 1), 0, new Backend.Mat(dev, 0, 0, 4, 1)));
+        assertEquals("CUDA GEMM: A/B is F64; cuBLAS is wired for F32 and BF16", u.getMessage());
+        UnsupportedOperationException w = assertThrows(UnsupportedOperationException.class, () -> gpu.gelu(dev, dev));
+        assertEquals("CudaBackend.gelu: the CUDA kernel is not wired yet (only gemm runs on the GPU so far)", w.getMessage());
+        dev.release();
+        dev64.release();
     }
 
     @Test
