@@ -197,6 +197,11 @@ public final class CudaRuntime implements DeviceMemory {
         return kernels;
     }
 
+    /** Uses {@code cache} for kernels (tests: a temporary folder and a chosen compiler). */
+    synchronized void useKernelCache(KernelCache cache) {
+        kernels = cache;
+    }
+
     /**
      * A kernel function of {@code source} with its {@code headers} (compiled for this GPU, cached on disk, its module
      * loaded once per process).

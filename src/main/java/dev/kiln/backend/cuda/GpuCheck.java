@@ -51,17 +51,21 @@ public final class GpuCheck {
      * Throws {@link CudaUnavailableException} when there is no GPU to check.
      */
     public static List<String> run(PrintStream out, int index, boolean quick) {
-        GpuCheck c = new GpuCheck(out);
-        c.all(index, quick);
-        return c.failed;
-    }
-
-    private void all(int index, boolean quick) {
         CudaLibraries libs = CudaLibraries.system();
         for (CudaLibraries.Library l : CudaLibraries.Library.values())
             out.printf("library  %-9s %s%n", l.name().toLowerCase(Locale.ROOT),
                     libs.find(l).map(Path::toString).orElse("not in the searched folders (the dynamic linker may still find it)"));
-        CudaRuntime rt = CudaRuntime.get(index);
+        return run(out, CudaRuntime.get(index), quick);
+    }
+
+    /** The checks on an opened runtime (a fake one in tests). */
+    static List<String> run(PrintStream out, CudaRuntime rt, boolean quick) {
+        GpuCheck c = new GpuCheck(out);
+        c.all(rt, quick);
+        return c.failed;
+    }
+
+    private void all(CudaRuntime rt, boolean quick) {
         long[] mem = rt.memoryInfo();
         out.printf("device   %s; driver %d; %s free%n", rt, rt.driver().driverVersion(), CudaAllocator.size(mem[0]));
         json.put("gpu", rt.name());
@@ -202,7 +206,7 @@ public final class GpuCheck {
      * Tolerance 4e-6·k: fp32 sums of k products of values in (−1, 1) differ by about k·2⁻²⁴ between orders.
      */
     private String gemmAgainstCpu(CudaRuntime rt, DType type) {
-        CudaBackend gpu = CudaBackend.of(rt.device());
+        CudaBackend gpu = new CudaBackend(rt);
         int[][] cases = {{1, 128, 96, 64, 0, 0}, {1, 77, 50, 129, 1, 0}, {1, 33, 65, 17, 0, 1}, {3, 40, 24, 31, 1, 1}};
         double worst = 0;
         SplittableRandom r = new SplittableRandom(3);
@@ -252,7 +256,7 @@ public final class GpuCheck {
             SplittableRandom r = new SplittableRandom(4);
             Tensor a = rt.toDevice(Tensor.of(random(r, s * s), s, s).to(t)), b = rt.toDevice(Tensor.of(random(r, s * s), s, s).to(t));
             Tensor c = rt.empty(DType.F32, s, s);
-            CudaBackend gpu = CudaBackend.of(rt.device());
+            CudaBackend gpu = new CudaBackend(rt);
             Mat ma = new Mat(a, 0, 0, s, 1), mb = new Mat(b, 0, 0, s, 1), mc = new Mat(c, 0, 0, s, 1);
             for (int i = 0; i < 3; i++) gpu.gemm(1, s, s, s, 1, ma, mb, 0, mc);
             CudaDriver d = rt.driver();

@@ -197,6 +197,35 @@ class CudaRuntimeFakeDriverTest {
         dev64.release();
     }
 
+    /**
+     * {@code kiln gpu-check}'s flow on the fakes (the timings' GEMMs excepted: --quick), with the real NVRTC where it is
+     * found: every check must pass, so the GPU session does not discover a broken check.
+     */
+    @Test
+    void gpuCheckRunsOnTheFakes(@org.junit.jupiter.api.io.TempDir Path cache) {
+        CudaRuntime rt = open();
+        rt.bindCublas(FakeCublas.lookup());
+        Nvrtc nvrtc;
+        try {
+            nvrtc = Nvrtc.load(CudaLibraries.system());
+        } catch (CudaUnavailableException e) {
+            nvrtc = null;
+        }
+        org.junit.jupiter.api.Assumptions.assumeTrue(nvrtc != null, "NVRTC absent: gpu-check compiles a real kernel");
+        rt.useKernelCache(new KernelCache(cache, nvrtc));
+        java.io.ByteArrayOutputStream bytes = new java.io.ByteArrayOutputStream();
+        java.util.List<String> failed = GpuCheck.run(new java.io.PrintStream(bytes, true), rt, true);
+        String out = bytes.toString();
+        System.out.print(out);   // the report, for the test log
+        assertEquals(java.util.List.of(), failed, out);
+        for (String check : java.util.List.of("copies", "allocator", "nvrtc", "kernel_sources", "cublas_f32", "cublas_bf16"))
+            assertTrue(out.contains("ok       " + check), check + " in:\n" + out);
+        assertTrue(out.contains("saxpy compiled by NVRTC"), out);
+        String json = out.strip().lines().reduce((x, y) -> y).orElseThrow();
+        assertTrue(json.startsWith("{\"gpu\":\"Fake GPU\",\"compute_capability\":\"9.0\""), json);
+        assertTrue(json.endsWith("\"failed\":[]}"), json);
+    }
+
     @Test
     void deviceTensorsOfAnotherDeviceAreRefused() {
         CudaRuntime rt = open();
