@@ -1,6 +1,8 @@
 package dev.kiln.backend;
 
 import dev.kiln.backend.cpu.CpuBackend;
+import dev.kiln.backend.cuda.CudaBackend;
+import dev.kiln.tensor.Device;
 import dev.kiln.tensor.Tensor;
 
 /**
@@ -11,9 +13,10 @@ import dev.kiln.tensor.Tensor;
  */
 public interface Backend {
 
-    /** The backend that owns this tensor's memory. */
+    /** The backend that owns this tensor's memory (the CUDA one opens its GPU on first use). */
     static Backend of(Tensor t) {
-        return CpuBackend.get();
+        Device d = t.device();
+        return d.kind() == Device.Kind.CPU ? CpuBackend.get() : CudaBackend.of(d);
     }
 
     /** A matrix operand: element (r, c) of batch b sits at storage index off + b·bs + r·rs + c·cs of t. */

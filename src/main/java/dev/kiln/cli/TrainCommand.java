@@ -21,6 +21,9 @@ final class TrainCommand implements Callable<Integer> {
     @Option(names = "--name", description = "run name (train.name): the run writes runs/<name>/")
     String name;
 
+    @Option(names = "--device", paramLabel = "DEVICE", description = "where to train (train.device): cpu, cuda or cuda:N")
+    String device;
+
     @Option(names = "--budget-time", paramLabel = "DURATION",
             description = "train for this wall-clock time (train.budget_time), e.g. 90s, 10m, 1h30m: the schedule is laid over it")
     String budgetTime;
@@ -36,6 +39,7 @@ final class TrainCommand implements Callable<Integer> {
     public Integer call() {
         List<String> extra = new ArrayList<>();
         if (name != null) extra.add("train.name=" + name);
+        if (device != null) extra.add("train.device=" + device);
         if (budgetTime != null) extra.add("train.budget_time=" + budgetTime);
         if (budgetTokens != null) extra.add("train.budget_tokens=" + budgetTokens);
         if (budgetSteps != null) {

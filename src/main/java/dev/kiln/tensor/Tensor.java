@@ -48,6 +48,19 @@ public class Tensor {
         return new Tensor(s, dtype, shape.clone(), Shape.contiguousStrides(shape), 0);
     }
 
+    /**
+     * A contiguous tensor over {@code storage} (e.g. device memory from a backend's allocator), owned by the
+     * current {@link MemoryScope} if any.
+     */
+    public static Tensor wrap(Storage storage, DType dtype, int... shape) {
+        for (int d : shape) if (d < 0) throw new IllegalArgumentException("negative dimension in " + Shape.str(shape));
+        long bytes = Shape.numel(shape) * dtype.byteSize();
+        if (bytes > storage.byteSize())
+            throw new IllegalArgumentException(Shape.str(shape) + " " + dtype + " needs " + bytes + " bytes, storage has " + storage.byteSize());
+        MemoryScope.register(storage);
+        return new Tensor(storage, dtype, shape.clone(), Shape.contiguousStrides(shape), 0);
+    }
+
     public static Tensor empty(int... shape) {
         return empty(DType.F32, shape);
     }

@@ -17,6 +17,8 @@ import dev.kiln.nn.models.GptConfig;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.WeightAverage;
 import dev.kiln.optim.LrSchedule;
+import dev.kiln.backend.Devices;
+import dev.kiln.tensor.Device;
 import dev.kiln.tensor.HostAllocator;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Rng;
@@ -100,6 +102,7 @@ public final class Trainer {
         TrainingConfig tc = cfg.train();
         OptimConfig oc = cfg.optim();
         CpuBackend.configure(tc.threads());
+        Devices.requireTrainable(Device.parse(tc.device()));   // before anything is written: no GPU is a one-line error
         memory = MemoryPeaks.start();
         PreparedData data = Workspace.prepareData(cfg.data());
         // a mixture: every member's training shard (member 0 is `data`: its validation split and tokenizer are the run's)

@@ -82,6 +82,12 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         notNull("faults.preempt_file", faults.preempt_file());
         if (faults.host_memory_limit_mib() < 0) fail("faults.host_memory_limit_mib", "must be >= 0, got " + faults.host_memory_limit_mib());
 
+        try {
+            dev.kiln.tensor.Device.parse(train.device());
+        } catch (IllegalArgumentException e) {
+            fail("train.device", e.getMessage());
+        }
+
         GptConfig m = model;
         positive("model.n_layer", m.n_layer());
         positive("model.n_head", m.n_head());

@@ -44,6 +44,7 @@ package dev.kiln.train.config;
  * @param grad_accum_steps    gradient accumulation: each optimizer step sums the gradients of this many micro-batches of
  *                            {@code batch_size} sequences (nanoGPT's convention: a step trains on k·batch_size·block_size
  *                            tokens); 1 = off
+ * @param device              where to train: cpu, cuda (= cuda:0) or cuda:N
  */
 public record TrainingConfig(String name, String out_dir, int max_iters, int batch_size, int eval_interval,
                              int eval_iters, int final_eval_iters, int log_interval, int checkpoint_interval,
@@ -51,10 +52,10 @@ public record TrainingConfig(String name, String out_dir, int max_iters, int bat
                              String budget_time, String budget_tokens, boolean budget_fit_schedule, int batch_size_start, int batch_ramp_iters,
                              double label_smoothing, double z_loss, int early_stop_patience, double early_stop_min_delta,
                              double layer_drop, double layer_drop_gamma, double select_fraction, boolean tensorboard,
-                             String recompute, int grad_accum_steps) {
+                             String recompute, int grad_accum_steps, String device) {
     public static TrainingConfig defaults() {
         return new TrainingConfig("shakespeare_char", "runs", 2000, 12, 250, 20, 200, 10, 500, 2, 1337L, 0,
                 "\n", 300,
-                "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true, "none", 1);
+                "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true, "none", 1, "cpu");
     }
 }
