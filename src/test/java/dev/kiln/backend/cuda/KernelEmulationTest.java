@@ -47,7 +47,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  */
 class KernelEmulationTest {
     static final double F32_RTOL = 1e-5;
-    static final double BF16_RTOL = 0x1p-7;
+    static final double BF16_RTOL = 0x1p-8 + F32_RTOL;
     private static KernelEmulator emu;
     private final CpuBackend cpu = CpuBackend.get();
     private HostBuffers buf;
