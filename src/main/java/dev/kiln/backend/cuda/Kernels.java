@@ -240,6 +240,18 @@ public final class Kernels {
         return BY_NAME.values().stream().map(Kernel::source).distinct().toList();
     }
 
+    /**
+     * The headers NVRTC needs (name → text, for nvrtcCreateProgram's headers/includeNames):
+     * every header but the host-only kiln_emu.h. Compile with {@code --gpu-architecture=sm_XY}
+     * (sm_80 or newer: bf16) and {@code -std=c++17}; with the toolkit's include directory passed as
+     * {@code --include-path}, cuda_bf16.h is used, otherwise kiln_cuda.h's own bf16 type.
+     */
+    public static Map<String, String> nvrtcHeaders() {
+        Map<String, String> h = new LinkedHashMap<>();
+        for (String name : HEADERS) if (!name.equals("kiln_emu.h")) h.put(name, text(name));
+        return h;
+    }
+
     /** The text of a kernel source or header from the class path. */
     public static String text(String file) {
         try (InputStream in = Kernels.class.getResourceAsStream(RESOURCE_DIR + file)) {

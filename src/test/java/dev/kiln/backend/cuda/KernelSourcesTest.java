@@ -42,6 +42,21 @@ class KernelSourcesTest {
     }
 
     @Test
+    void everyQuotedIncludeIsAKilnHeaderThatNvrtcIsGiven() {
+        Pattern include = Pattern.compile("#\\s*include \"([^\"]+)\"");
+        List<String> files = new ArrayList<>(Kernels.sources());
+        files.addAll(Kernels.HEADERS);
+        for (String f : files) {
+            Matcher m = include.matcher(Kernels.text(f));
+            while (m.find()) {
+                String h = m.group(1);
+                assertTrue(Kernels.HEADERS.contains(h), f + " includes " + h + ", which Kernels.HEADERS does not list");
+                if (!h.equals("kiln_emu.h")) assertTrue(Kernels.nvrtcHeaders().containsKey(h), h + " is missing from Kernels.nvrtcHeaders()");
+            }
+        }
+    }
+
+    @Test
     void everySourceCompilesToPtxForSm90(@TempDir Path dir) throws IOException {
         String nvcc = KernelToolchain.nvcc();
         KernelToolchain.writeSources(dir);
