@@ -21,6 +21,7 @@
 #include <cstring>
 #include <atomic>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -31,6 +32,10 @@
 struct dim3 {
     unsigned x, y, z;
     constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+struct alignas(16) float4 {
+    float x, y, z, w;
 };
 
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -61,7 +66,7 @@ struct Fiber {
 
 struct Block {
     std::vector<Fiber> fibers;
-    std::vector<char> stacks;
+    std::unique_ptr<char[]> stacks; // uninitialised: only the pages a fiber touches are ever mapped
     std::vector<unsigned char> dynamicShared;
     std::vector<Barrier> warpBarriers;
     std::vector<int> warpLive;
@@ -157,7 +162,7 @@ inline bool run_block(Block& b) {
         f.done = false;
         b.warpLive[f.warp]++;
         getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = b.stacks.data() + (size_t) i * STACK_BYTES;
+        f.ctx.uc_stack.ss_sp = b.stacks.get() + (size_t) i * STACK_BYTES;
         f.ctx.uc_stack.ss_size = STACK_BYTES;
         f.ctx.uc_link = nullptr;
         makecontext(&f.ctx, fiber_entry, 0);
@@ -193,7 +198,7 @@ inline bool launch(dim3 grid, dim3 block, size_t sharedBytes, const std::functio
     auto work = [&] {
         Block b;
         b.fibers.resize(threads);
-        b.stacks.resize((size_t) threads * STACK_BYTES);
+        b.stacks.reset(new char[(size_t) threads * STACK_BYTES]);
         b.slots.assign(((threads + 31) / 32) * 32, 0);
         b.dynamicShared.assign(sharedBytes, 0);
         b.body = &body;

@@ -379,12 +379,19 @@ class KernelEmulationTest {
         float[] p0 = randn(60, n, 1);
         MemorySegment p = buf.f32(p0), m = buf.zeros(Type.F32, n), v = buf.zeros(Type.F32, n);
         MemorySegment p2 = buf.f32(p0), m2 = buf.zeros(Type.F32, n), v2 = buf.zeros(Type.F32, n), copy = buf.zeros(Type.BF16, n);
+        // views one float into their allocations: not 16-byte aligned, so the one-by-one path runs
+        float[] shifted = new float[n + 1];
+        System.arraycopy(p0, 0, shifted, 1, n);
+        MemorySegment p3 = buf.f32(shifted).asSlice(4), m3 = buf.zeros(Type.F32, n + 1).asSlice(4), v3 = buf.zeros(Type.F32, n + 1).asSlice(4);
         Tensor pRef = f64(p0, n), mRef = Tensor.zeros(DType.F64, n), vRef = Tensor.zeros(DType.F64, n);
         for (int step = 1; step <= 3; step++) {
             float[] g = randn(60 + step, n, 0.1);
             Object[] scalars = adamwScalars(lr, b1, b2, eps, wd, step);
             emu.launch("adamw_f32", concat(new Object[]{p, buf.f32(g), m, v, n}, scalars));
             emu.launch("adamw_bf16", concat(new Object[]{p2, buf.f32(g), m2, v2, copy, n}, scalars));
+            float[] gShifted = new float[n + 1];
+            System.arraycopy(g, 0, gShifted, 1, n);
+            emu.launch("adamw_f32", concat(new Object[]{p3, buf.f32(gShifted).asSlice(4), m3, v3, n}, scalars));
             cpu.adamw(pRef, f64(g, n), mRef, vRef, lr, b1, b2, eps, wd, step);
         }
         checkF32("adamw p", pRef, p);
@@ -395,6 +402,10 @@ class KernelEmulationTest {
         assertArrayEquals(readF32(m, n), readF32(m2, n));
         assertArrayEquals(readF32(v, n), readF32(v2, n));
         assertArrayEquals(Type.BF16.round(readF32(p2, n)), read(Type.BF16, copy, n));
+        // the float4 path (aligned, 750 vectors + a tail of 1) and the scalar path give the same bits
+        assertArrayEquals(readF32(p, n), readF32(p3, n));
+        assertArrayEquals(readF32(m, n), readF32(m3, n));
+        assertArrayEquals(readF32(v, n), readF32(v3, n));
     }
 
     /** The step's scalars formed in double and rounded once, as CpuBackend's fp32 AdamW forms them. */
