@@ -4,7 +4,7 @@ import dev.kiln.backend.cuda.Kernels.Kernel;
 import dev.kiln.backend.cuda.Kernels.Kind;
 import dev.kiln.backend.cuda.Kernels.Param;
 import dev.kiln.backend.cuda.Kernels.Rule;
-import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 
 import java.io.IOException;
@@ -42,8 +42,9 @@ class EmulatorSelfTest {
         return new Param(name, Kind.INT);
     }
 
-    @BeforeAll
-    static void build() throws IOException {
+    @BeforeEach
+    void build() throws IOException {
+        if (emu != null) return;
         String text;
         try (InputStream in = EmulatorSelfTest.class.getResourceAsStream("/dev/kiln/cuda/" + SOURCE)) {
             text = new String(in.readAllBytes(), StandardCharsets.UTF_8);
