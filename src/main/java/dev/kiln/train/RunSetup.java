@@ -7,6 +7,7 @@ import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.GptHfFormat;
 import dev.kiln.optim.Adafactor;
 import dev.kiln.optim.AdamW;
+import dev.kiln.optim.AdamW8bit;
 import dev.kiln.optim.Lamb;
 import dev.kiln.optim.Lars;
 import dev.kiln.optim.Lion;
@@ -50,6 +51,7 @@ public final class RunSetup {
                 : ParamGroup.standard(model.trainableParameters(), oc.weight_decay(), oc.no_decay_weight_decay());
         return switch (oc.optimizer()) {
             case "adamw" -> new AdamW(groups, oc.beta1(), oc.beta2(), oc.eps());
+            case "adamw8bit" -> new AdamW8bit(groups, oc.beta1(), oc.beta2(), oc.eps());
             case "sgd" -> new Sgd(groups, oc.momentum(), oc.nesterov());
             case "lamb" -> new Lamb(groups, oc.beta1(), oc.beta2(), oc.eps());
             case "lars" -> new Lars(groups, oc.momentum(), oc.trust_coefficient(), oc.eps());

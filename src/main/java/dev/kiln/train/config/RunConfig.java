@@ -18,7 +18,7 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
     public static final Set<String> TOKENIZERS = Set.of("char", "gpt2");
 
     /** Optimizers {@code optim.optimizer} may name. */
-    public static final List<String> OPTIMIZERS = List.of("adamw", "sgd", "lamb", "lars", "lion", "adafactor");
+    public static final List<String> OPTIMIZERS = List.of("adamw", "adamw8bit", "sgd", "lamb", "lars", "lion", "adafactor");
 
     /** Schedules {@code optim.schedule} may name. */
     public static final List<String> SCHEDULES = LrSchedule.KINDS;
@@ -27,7 +27,7 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
     public static final List<String> LR_SCALING = List.of("none", "linear", "sqrt");
 
     /** Optimizers μP's Adam learning-rate rule ({@code model.init=mup}) applies to. */
-    public static final List<String> MUP_OPTIMIZERS = List.of("adamw", "lion");
+    public static final List<String> MUP_OPTIMIZERS = List.of("adamw", "adamw8bit", "lion");
 
     /** Modes {@code data.dedup} may name. */
     public static final List<String> DEDUP = dev.kiln.data.Dedup.MODES;
