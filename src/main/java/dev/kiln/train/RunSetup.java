@@ -8,9 +8,11 @@ import dev.kiln.nn.models.GptHfFormat;
 import dev.kiln.optim.Adafactor;
 import dev.kiln.optim.AdamW;
 import dev.kiln.optim.AdamW8bit;
+import dev.kiln.optim.GradScaler;
 import dev.kiln.optim.Lamb;
 import dev.kiln.optim.Lars;
 import dev.kiln.optim.Lion;
+import dev.kiln.optim.MixedPrecisionOptimizer;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.ParamGroup;
 import dev.kiln.optim.Sgd;
@@ -42,6 +44,22 @@ import java.util.Set;
  */
 public final class RunSetup {
     private RunSetup() {}
+
+    /**
+     * The run's optimizer: {@link #optimizer(OptimConfig, Gpt)}, wrapped for mixed precision when {@code train.precision}
+     * is fp16 (with the loss scaler {@code train.loss_scale} describes) or bf16.
+     */
+    public static Optimizer optimizer(RunConfig cfg, Gpt model) {
+        Optimizer opt = optimizer(cfg.optim(), model);
+        var tc = cfg.train();
+        return switch (tc.precision()) {
+            case "fp16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.F16, tc.loss_scale().equals("dynamic")
+                    ? GradScaler.dynamic(GradScaler.DEFAULT_INIT_SCALE, tc.loss_scale_window())
+                    : GradScaler.fixed(Double.parseDouble(tc.loss_scale().trim())));
+            case "bf16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.BF16, null);
+            default -> opt;
+        };
+    }
 
     /** The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters (LoRA: the adapters only). */
     public static Optimizer optimizer(OptimConfig oc, Gpt model) {

@@ -206,6 +206,7 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         if (!(t.layer_drop_gamma() >= 0 && Double.isFinite(t.layer_drop_gamma()))) fail("train.layer_drop_gamma", "must be >= 0, got " + t.layer_drop_gamma());
         if (!(t.select_fraction() > 0 && t.select_fraction() <= 1))
             fail("train.select_fraction", "must be in (0, 1] (1 = off), got " + t.select_fraction());
+        validatePrecision(t, faults, growth);
 
         AveragingConfig a = averaging;
         unitInterval("averaging.ema_decay", a.ema_decay());
@@ -262,6 +263,37 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         if (growth.on() && l.rank() > 0)
             fail("growth.at_step", "cannot be combined with lora.rank > 0 (new blocks would have no adapters)", "lora.rank");
         return this;
+    }
+
+    /** train.precision, train.loss_scale(_window) and faults.overflow_steps. */
+    private static void validatePrecision(TrainingConfig t, FaultConfig f, GrowthConfig g) {
+        oneOf("train.precision", t.precision(), TrainingConfig.PRECISIONS);
+        notNull("train.loss_scale", t.loss_scale());
+        if (!t.loss_scale().equals("dynamic")) {
+            double s;
+            try {
+                s = Double.parseDouble(t.loss_scale().trim());
+            } catch (NumberFormatException e) {
+                s = Double.NaN;
+            }
+            if (!(s > 0 && Double.isFinite(s))) fail("train.loss_scale", "must be \"dynamic\" or a positive number, got \"" + t.loss_scale() + "\"");
+        }
+        positive("train.loss_scale_window", t.loss_scale_window());
+        notNull("faults.overflow_steps", f.overflow_steps());
+        if (!f.overflow_steps().isBlank()) {
+            for (String part : f.overflow_steps().split(",")) {
+                long v;
+                try {
+                    v = Long.parseLong(part.trim());
+                } catch (NumberFormatException e) {
+                    v = -1;
+                }
+                if (v < 1) fail("faults.overflow_steps", "must list steps >= 1 separated by commas (e.g. \"5,6\"), got \"" + f.overflow_steps() + "\"");
+            }
+            if (!t.precision().equals("fp16")) fail("faults.overflow_steps", "injects fp16 gradient overflows; it needs train.precision=fp16, got " + t.precision(), "train.precision");
+        }
+        if (!t.precision().equals("fp32") && g.on())
+            fail("train.precision", t.precision() + " cannot be combined with growth.at_step yet (the grown model's optimizer is rebuilt in fp32)", "growth.at_step");
     }
 
     private static void positive(String key, int v) {

@@ -39,16 +39,25 @@ package dev.kiln.train.config;
  *                            highest loss; 1 = off
  * @param tensorboard         also write the metrics as TensorBoard scalars under runs/&lt;name&gt;/tb/ (a TFRecord
  *                            file of tensorflow.Event protos, a new file per process); true = on
+ * @param precision           fp32, or mixed precision fp16 / bf16: forward and backward with half-precision weights and
+ *                            gradients, fp32 master weights and optimizer (see MixedPrecisionOptimizer for the exact scope)
+ * @param loss_scale          fp16 only: "dynamic" (torch GradScaler: start 2^16, × 2 after {@code loss_scale_window}
+ *                            good steps, × 0.5 and skip the step on overflow) or a fixed number (overflowing steps are still skipped)
+ * @param loss_scale_window   good steps in a row before dynamic loss scaling doubles the scale
  */
 public record TrainingConfig(String name, String out_dir, int max_iters, int batch_size, int eval_interval,
                              int eval_iters, int final_eval_iters, int log_interval, int checkpoint_interval,
                              int keep_checkpoints, long seed, int threads, String sample_prompt, int sample_tokens,
                              String budget_time, String budget_tokens, boolean budget_fit_schedule, int batch_size_start, int batch_ramp_iters,
                              double label_smoothing, double z_loss, int early_stop_patience, double early_stop_min_delta,
-                             double layer_drop, double layer_drop_gamma, double select_fraction, boolean tensorboard) {
+                             double layer_drop, double layer_drop_gamma, double select_fraction, boolean tensorboard,
+                             String precision, String loss_scale, int loss_scale_window) {
+    /** Values {@code train.precision} may take. */
+    public static final java.util.List<String> PRECISIONS = java.util.List.of("fp32", "fp16", "bf16");
+
     public static TrainingConfig defaults() {
         return new TrainingConfig("shakespeare_char", "runs", 2000, 12, 250, 20, 200, 10, 500, 2, 1337L, 0,
                 "\n", 300,
-                "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true);
+                "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true, "fp32", "dynamic", 2000);
     }
 }
