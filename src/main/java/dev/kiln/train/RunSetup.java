@@ -50,7 +50,12 @@ public final class RunSetup {
      * is fp16 (with the loss scaler {@code train.loss_scale} describes) or bf16.
      */
     public static Optimizer optimizer(RunConfig cfg, Gpt model) {
-        Optimizer opt = optimizer(cfg.optim(), model);
+        return optimizer(cfg, model, null);
+    }
+
+    /** {@link #optimizer(RunConfig, Gpt)}, split by block for {@code offload} when it is not null ({@link Offload#optimizer}). */
+    public static Optimizer optimizer(RunConfig cfg, Gpt model, Offload offload) {
+        Optimizer opt = offload == null ? optimizer(cfg.optim(), model) : offload.optimizer(cfg.optim(), model);
         var tc = cfg.train();
         return switch (tc.precision()) {
             case "fp16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.F16, tc.loss_scale().equals("dynamic")
@@ -63,10 +68,15 @@ public final class RunSetup {
 
     /** The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters (LoRA: the adapters only). */
     public static Optimizer optimizer(OptimConfig oc, Gpt model) {
+        return optimizer(oc, model, model.trainableParameters());
+    }
+
+    /** {@link #optimizer(OptimConfig, Gpt)} over some of the model's trainable parameters (offload: one block's). */
+    static Optimizer optimizer(OptimConfig oc, Gpt model, Map<String, dev.kiln.nn.Parameter> params) {
         // μP (model.init=mup): hidden matrices get learning rate × base_width/n_embd; see Gpt
         List<ParamGroup> groups = model.config.mup()
-                ? ParamGroup.widthScaled(model.trainableParameters(), Gpt::isHiddenMatrix, model.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
-                : ParamGroup.standard(model.trainableParameters(), oc.weight_decay(), oc.no_decay_weight_decay());
+                ? ParamGroup.widthScaled(params, Gpt::isHiddenMatrix, model.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
+                : ParamGroup.standard(params, oc.weight_decay(), oc.no_decay_weight_decay());
         return switch (oc.optimizer()) {
             case "adamw" -> new AdamW(groups, oc.beta1(), oc.beta2(), oc.eps());
             case "adamw8bit" -> new AdamW8bit(groups, oc.beta1(), oc.beta2(), oc.eps());

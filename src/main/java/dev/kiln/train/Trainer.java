@@ -118,7 +118,14 @@ public final class Trainer {
 
         Gpt model = RunSetup.buildModel(resolved);
         if (!cfg.lora().init_from().isEmpty() && !(resume && !store.list().isEmpty())) RunSetup.loadBase(model, cfg.lora().init_from(), out);
-        Optimizer opt = RunSetup.optimizer(cfg, model);
+        Offload offload = Offload.open(resolved.train(), runDir, model); // closed with the shards below
+        Optimizer opt;
+        try {
+            opt = RunSetup.optimizer(cfg, model, offload);
+        } catch (RuntimeException e) {
+            if (offload != null) offload.close();
+            throw e;
+        }
         LayerDrop layerDrop = tc.layer_drop() > 0 ? new LayerDrop(tc.layer_drop(), tc.layer_drop_gamma(), tc.seed()) : null;
         List<WeightAverage> averages = RunSetup.averages(cfg.averaging(), model);
         LrSchedule schedule = LrSchedule.of(oc.schedule(), oc.learning_rate(), oc.min_lr(), oc.warmup_iters(), oc.decay_fraction());
@@ -166,6 +173,7 @@ public final class Trainer {
                         .map(m -> String.format("%s (%,d train tokens)", m.dir(), m.trainTokens())).toList());
             MemoryAccount account = MemoryAccount.of(model, opt);
             out.println("kiln: " + account);
+            if (offload != null) out.println("kiln: " + offload.describe());
             if (cfg.lora().rank() > 0)
                 out.printf("kiln: LoRA rank %d, alpha %s on %s; base %s, frozen%n", cfg.lora().rank(), cfg.lora().alpha(), cfg.lora().targets(),
                         cfg.lora().init_from().isEmpty() ? "from this run's initialisation" : "from " + cfg.lora().init_from());
@@ -183,6 +191,10 @@ public final class Trainer {
             }
         } finally {
             for (TokenShard s : trainShards) s.close();
+            if (offload != null) {
+                out.println("kiln: " + offload.summary());
+                offload.close();
+            }
         }
     }
 

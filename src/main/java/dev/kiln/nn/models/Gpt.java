@@ -113,6 +113,23 @@ public final class Gpt extends Module {
                 && (name.contains(".attn.c_attn.") || name.contains(".c_proj.") || name.contains(".mlp.c_fc."));
     }
 
+    /**
+     * Called around each block's forward, e.g. by parameter offload to fetch the block's weights before it runs and
+     * release them after; each may return its input through an identity op whose backward does the same in reverse.
+     */
+    public interface BlockHooks {
+        Tensor beforeBlock(int block, Tensor x);
+
+        Tensor afterBlock(int block, Tensor y);
+    }
+
+    private BlockHooks hooks;
+
+    /** Installs (or, with null, removes) the {@link BlockHooks}. */
+    public void setBlockHooks(BlockHooks hooks) {
+        this.hooks = hooks;
+    }
+
     /** idx int32 (B, T) → logits (B, T, vocab). */
     public Tensor forward(Tensor idx) {
         int t = idx.size(1);
@@ -128,7 +145,9 @@ public final class Gpt extends Module {
                 blocksSkipped++;
                 continue;
             }
+            if (hooks != null) x = hooks.beforeBlock(i, x);
             x = blocks.get(i).forward(x, planned ? 1.0 / keepProb[i] : 1.0);
+            if (hooks != null) x = hooks.afterBlock(i, x);
             blocksRun++;
         }
         x = lnF.forward(x);

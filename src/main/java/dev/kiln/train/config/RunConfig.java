@@ -292,6 +292,15 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
             }
             if (!t.precision().equals("fp16")) fail("faults.overflow_steps", "injects fp16 gradient overflows; it needs train.precision=fp16, got " + t.precision(), "train.precision");
         }
+        oneOf("train.offload_params", t.offload_params(), TrainingConfig.OFFLOAD_TIERS);
+        oneOf("train.offload_optimizer", t.offload_optimizer(), TrainingConfig.OFFLOAD_TIERS);
+        notNull("train.offload_dir", t.offload_dir());
+        nonNegative("train.prefetch_depth", t.prefetch_depth());
+        boolean offload = !t.offload_params().equals("none") || !t.offload_optimizer().equals("none");
+        if (!t.offload_params().equals("none") && !t.precision().equals("fp32"))
+            fail("train.offload_params", "cannot be combined with train.precision " + t.precision() + " yet (mixed precision keeps fp32 master copies of all weights)", "train.precision");
+        if (offload && g.on())
+            fail("growth.at_step", "cannot be combined with train.offload_params / train.offload_optimizer yet (the grown blocks are not offloaded)", "train.offload_params");
         if (!t.precision().equals("fp32") && g.on())
             fail("train.precision", t.precision() + " cannot be combined with growth.at_step yet (the grown model's optimizer is rebuilt in fp32)", "growth.at_step");
     }
