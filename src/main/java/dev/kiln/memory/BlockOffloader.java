@@ -157,8 +157,15 @@ public final class BlockOffloader implements AutoCloseable {
         return n;
     }
 
+    /** Stops the offload thread, waiting for a copy in flight (the tier's mappings close after this). */
     @Override
     public void close() {
         io.shutdownNow();
+        try {
+            if (!io.awaitTermination(30, java.util.concurrent.TimeUnit.SECONDS))
+                System.err.println("kiln: warning: the " + what + " offload thread did not stop within 30 s");
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
     }
 }

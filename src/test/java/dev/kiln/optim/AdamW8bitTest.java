@@ -81,6 +81,30 @@ class AdamW8bitTest {
         }
     }
 
+    /** The table-driven encode equals the binary search at every midpoint, its neighbours, each bucket's ends, and random values. */
+    @Test
+    void fastEncodeEqualsBinarySearch() {
+        SplittableRandom rnd = new SplittableRandom(3);
+        for (DynamicQuantMap map : List.of(DynamicQuantMap.SIGNED, DynamicQuantMap.UNSIGNED)) {
+            float[] c = map.codes();
+            for (int i = 0; i + 1 < 256; i++) {
+                float mid = (float) (((double) c[i] + c[i + 1]) / 2);
+                for (float x : new float[]{mid, Math.nextUp(mid), Math.nextDown(mid), c[i], c[i + 1]})
+                    assertEquals(map.encodeBySearch(x), map.encode(x), "x = " + x);
+            }
+            for (int key = 0; key < 1 << 16; key++) {
+                for (int low : new int[]{0, 0xFFFF, rnd.nextInt(0x10000)}) {
+                    float x = Float.intBitsToFloat(key << 16 | low);
+                    if (!Float.isNaN(x)) assertEquals(map.encodeBySearch(x), map.encode(x), "x = " + x);
+                }
+            }
+            for (int k = 0; k < 200_000; k++) {
+                float x = (float) ((rnd.nextDouble() * 2 - 1) * Math.pow(10, -rnd.nextInt(9)));
+                assertEquals(map.encodeBySearch(x), map.encode(x), "x = " + x);
+            }
+        }
+    }
+
     @Test
     void positiveValuesNeverQuantiseToZero() {
         DynamicQuantMap u = DynamicQuantMap.UNSIGNED;
