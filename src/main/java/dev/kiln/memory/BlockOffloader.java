@@ -18,7 +18,8 @@ import java.util.concurrent.Future;
  * {@link #prefetch} pages a group in on the one background offload thread, {@link #acquire} waits for it (or pages
  * it in now), {@link #release} pages it out again (writing back what changed). The caller walks the groups in
  * order and prefetches {@code depth} groups ahead, so copies overlap compute. Each tensor must own its storage
- * (parameters and optimizer state do). Resident bytes are counted as groups come and go, with their peak.
+ * (parameters and optimizer state do). Resident bytes are counted from a group's prefetch (or acquire) to its
+ * release, with their peak.
  */
 public final class BlockOffloader implements AutoCloseable {
     private final List<List<Storage>> groups = new ArrayList<>();
@@ -77,6 +78,7 @@ public final class BlockOffloader implements AutoCloseable {
     /** Starts paging group {@code g} in on the offload thread (no-op when it is resident or on its way, or out of range). */
     public synchronized void prefetch(int g) {
         if (g < 0 || g >= groups.size() || resident[g] || pending.get(g) != null) return;
+        markResident(g); // its memory is taken from now on
         List<Storage> s = groups.get(g);
         pending.set(g, io.submit(() -> {
             for (Storage st : s) st.pageIn(false);
@@ -107,12 +109,15 @@ public final class BlockOffloader implements AutoCloseable {
         synchronized (this) {
             pending.set(g, null);
             for (Storage s : groups.get(g)) s.pageIn(forWrite);
-            if (!resident[g]) {
-                resident[g] = true;
-                residentBytes += groupBytes[g];
-                peakResidentBytes = Math.max(peakResidentBytes, residentBytes);
-            }
+            markResident(g);
         }
+    }
+
+    private synchronized void markResident(int g) {
+        if (resident[g]) return;
+        resident[g] = true;
+        residentBytes += groupBytes[g];
+        peakResidentBytes = Math.max(peakResidentBytes, residentBytes);
     }
 
     /** Pages group {@code g} out (after its prefetch, if one is running), writing back what changed. */
@@ -136,7 +141,7 @@ public final class BlockOffloader implements AutoCloseable {
         for (int g = 0; g < groups.size(); g++) release(g);
     }
 
-    /** Bytes of this offloader's groups resident now (scheduled acquires; a demand page-in outside the schedule is not counted). */
+    /** Bytes of this offloader's groups resident now (prefetched or acquired; a demand page-in outside the schedule is not counted). */
     public synchronized long residentBytes() {
         return residentBytes;
     }

@@ -23,10 +23,12 @@ public final class DiskTier implements OffloadTier {
     private final Path dir;
     private final Arena arena = Arena.ofShared();
     private final List<Path> files = new ArrayList<>();
+    private final boolean created;
     private long bytes;
 
     public DiskTier(Path dir) {
         this.dir = dir;
+        this.created = !Files.exists(dir);
         try {
             Files.createDirectories(dir);
         } catch (IOException e) {
@@ -91,5 +93,12 @@ public final class DiskTier implements OffloadTier {
             }
         }
         files.clear();
+        if (created) {
+            try {
+                Files.deleteIfExists(dir); // only when empty: a directory this tier made
+            } catch (IOException ignored) {
+                // not empty (someone else's files) or not removable: leave it
+            }
+        }
     }
 }

@@ -69,6 +69,7 @@ class OffloadTest {
                 with("train.offload_params=disk", "train.offload_optimizer=disk", "train.prefetch_depth=1"));
         assertSameRun(ref, off, 30);
         assertFalse(Files.exists(off.runDir().resolve("offload/params-000.bin")), "offload files are scratch, removed at the end");
+        assertFalse(Files.exists(off.runDir().resolve("offload")), "and the directory the tier made");
     }
 
     @Test
@@ -92,8 +93,8 @@ class OffloadTest {
 
     /**
      * Resident tensor memory (the host allocator's bytes in use), measured between steps, with and without offload of a
-     * 4-block model: lower by exactly the offloaded parameter and state bytes. Within a step the offloaders count at most
-     * two blocks resident (the one in use and, in the update, the next acquired after its prefetch) of four.
+     * 4-block model: lower by exactly the offloaded parameter and state bytes. Within a step, with prefetch depth 1, at most
+     * two of the four blocks are resident (the one in use and the one being prefetched).
      */
     @Test
     void residentMemoryIsLowerByTheOffloadedBytes() {
