@@ -166,8 +166,8 @@ class AdamW8bitTest {
      * The quantised weight's total displacement differs from AdamW's by 5.4% (relative L2, measured): the gradients
      * here have 20× outliers in 1 of 50 elements, so a block's second moments span ~400× and the small ones sit in
      * low decades of the map, where a code covers up to ~25% of its value; the error of the update, m/√v, is about
-     * half that, and it compounds over 50 steps. The bound 8% is that measurement with headroom; a wrong bias
-     * correction or a lost moment moves the displacement by far more (the first step alone is checked bitwise above).
+     * half that, and it compounds over 50 steps. The bound 8% is that measurement with headroom: this test guards
+     * against drift growing, while the update formula itself is pinned by the bitwise first-step test above.
      * Whether this error matters for training is what the default-job comparison in the README measures.
      */
     @Test
