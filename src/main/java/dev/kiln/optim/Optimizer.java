@@ -10,7 +10,7 @@ import java.util.Map;
  * restored exactly, so a resumed run continues bit for bit.
  */
 public interface Optimizer {
-    /** The config name ({@code optim.optimizer}): adamw, sgd, lamb, lars, lion, adafactor. */
+    /** The config name ({@code optim.optimizer}): adamw, adamw8bit, sgd, lamb, lars, lion, adafactor. */
     String name();
 
     /**

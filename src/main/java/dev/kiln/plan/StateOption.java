@@ -20,16 +20,18 @@ public record StateOption(String name, String settings, boolean implemented, dou
     public static final StateOption FP32 = new StateOption("fp32", "", true, 1.0, 1.0, 0, "");
 
     /**
-     * The options the plan considers. 8-bit state: two 1-byte moments per parameter plus an fp32 scale per
-     * 2048-element block (Dettmers et al. 2022) instead of two fp32 moments. Optimizer offload (ZeRO-Offload):
+     * The options the plan considers. 8-bit state ({@code optim.optimizer=adamw8bit}): two 1-byte moments per
+     * parameter plus an fp32 scale per 256-element block (Dettmers et al. 2022; bitsandbytes' block) instead of two
+     * fp32 moments (tensors under 4096 elements keep fp32 moments; not modelled). Optimizer offload (ZeRO-Offload):
      * state and the update on the host; gradients go out and parameters come back every step. Parameter offload
      * adds streaming the weights in per block (two blocks resident, double-buffered) in forward and backward.
      */
     public static List<StateOption> all(int nLayer) {
         double twoBlocks = Math.min(1.0, 2.0 / Math.max(1, nLayer));
         return List.of(FP32,
-                new StateOption("8-bit", "", false, (2 * 1 + 2 * 4.0 / 2048) / 8, 1.0, 0, "quantise/dequantise in the update: memory-bound, ≈ free"),
-                new StateOption("offload-optimizer", "", false, 0.0, 1.0, 2, "gradients to the host, parameters back"),
-                new StateOption("offload-optimizer+parameters", "", false, 0.0, twoBlocks, 4, "also weights streamed in for forward and backward"));
+                new StateOption("8-bit", "optim.optimizer=adamw8bit", true, (2 * 1 + 2 * 4.0 / 256) / 8, 1.0, 0, "quantise/dequantise in the update: memory-bound, ≈ free"),
+                new StateOption("offload-optimizer", "train.offload_optimizer=disk", true, 0.0, 1.0, 2, "gradients to the host, parameters back"),
+                new StateOption("offload-optimizer+parameters", "train.offload_params=disk train.offload_optimizer=disk", true, 0.0, twoBlocks, 4,
+                        "also weights streamed in for forward and backward"));
     }
 }

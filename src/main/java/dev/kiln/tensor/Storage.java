@@ -7,18 +7,28 @@ import java.lang.foreign.MemorySegment;
  * accelerator (which the host cannot read: {@link #segment()} refuses it). Once handed back to the
  * allocator the storage is dead: a tensor that outlived its scope fails loudly on use instead of silently
  * reading another tensor's data.
+ *
+ * <p>Offload (parameters and optimizer state in an offload tier): once a {@link Pager} is attached, the block can be
+ * paged out (written back if dirty, handed to the allocator) and paged in again (a fresh block filled from the
+ * pager), so the tensor and all its views keep working while their bytes are resident only when needed. An access to
+ * a paged-out storage pages it in on demand (and counts it dirty, since the caller may write); the offload schedule
+ * pages blocks in ahead of use and out after it.
  */
 public final class Storage {
-    private final MemorySegment block;         // null for device memory
+    private volatile MemorySegment block;      // host memory; null for device memory and while paged out
     private final DeviceBlock deviceBlock;     // null for host memory
+    private final long bytes;
     private final Device device;
     private MemoryCategory category;
     private boolean released;
+    private Pager pager;
+    private boolean dirty;
 
     /** Charges the block to this thread's current {@link MemoryCategory}. */
     Storage(MemorySegment block, Device device) {
         this.block = block;
         this.deviceBlock = null;
+        this.bytes = block.byteSize();
         this.device = device;
         this.category = MemoryTracker.current();
         MemoryTracker.allocated(device, category, block.byteSize());
@@ -32,6 +42,7 @@ public final class Storage {
     private Storage(DeviceBlock block, Device device) {
         this.block = null;
         this.deviceBlock = block;
+        this.bytes = block.byteSize();
         this.device = device;
         this.category = MemoryTracker.current();
         MemoryTracker.allocated(device, category, block.byteSize());
@@ -45,7 +56,10 @@ public final class Storage {
 
     /** The host memory; device memory has none the host can read, so that fails naming the device. */
     public MemorySegment segment() {
-        if (released || block == null) throw unreadable();
+        MemorySegment b = block;
+        if (b != null && !released) return b;
+        if (released || deviceBlock != null) throw unreadable();
+        pageIn(true);
         return block;
     }
 
@@ -61,9 +75,47 @@ public final class Storage {
         return deviceBlock;
     }
 
-    /** Bytes of the underlying block. */
+    /** Size of the block in bytes (resident or not). */
     public long byteSize() {
-        return block != null ? block.byteSize() : deviceBlock.byteSize();
+        return bytes;
+    }
+
+    /** Whether the bytes are in memory (false only while paged out). */
+    public boolean isResident() {
+        return block != null || deviceBlock != null;
+    }
+
+    /** Makes {@code pager} this storage's backing slot and saves the current contents to it. */
+    public synchronized void attachPager(Pager pager) {
+        if (this.pager != null) throw new IllegalStateException("storage already has a pager");
+        if (deviceBlock != null) throw new IllegalStateException("device memory is offloaded by its backend, not paged by the host");
+        this.pager = pager;
+        pager.save(segment());
+        dirty = false;
+    }
+
+    /** Brings the bytes back from the pager if they are paged out; {@code forWrite}: they will change (write back at page-out). */
+    public synchronized void pageIn(boolean forWrite) {
+        if (pager == null) throw new IllegalStateException("storage has no pager to page in from");
+        if (block == null) {
+            MemorySegment b = HostAllocator.allocate(bytes);
+            pager.load(b);
+            block = b;
+            MemoryTracker.allocated(device, category, bytes); // the account counts resident bytes
+        }
+        dirty |= forWrite;
+    }
+
+    /** Writes the bytes back if they changed and frees the block; a no-op when already paged out. */
+    public synchronized void pageOut() {
+        if (pager == null) throw new IllegalStateException("storage has no pager to page out to");
+        MemorySegment b = block;
+        if (b == null || released) return;
+        if (dirty) pager.save(b);
+        dirty = false;
+        block = null;
+        HostAllocator.free(b);
+        MemoryTracker.freed(device, category, bytes);
     }
 
     public Device device() {
@@ -83,11 +135,15 @@ public final class Storage {
     }
 
     /** Hands the block back to the allocator (idempotent). */
-    void release() {
+    synchronized void release() {
         if (released) return;
         released = true;
-        MemoryTracker.freed(device, category, byteSize());
-        if (deviceBlock != null) deviceBlock.free();
-        else HostAllocator.free(block);
+        if (deviceBlock != null) {
+            deviceBlock.free();
+            MemoryTracker.freed(device, category, bytes);
+        } else if (block != null) {
+            HostAllocator.free(block);
+            MemoryTracker.freed(device, category, bytes); // a paged-out block was uncounted at page-out
+        }
     }
 }

@@ -33,7 +33,7 @@ public final class Bench {
         GptConfig mc = cfg.model().vocab_size() > 0 ? cfg.model() : cfg.model().withVocabSize(data.tokenizer().vocabSize());
         OptimConfig oc = cfg.optim();
         CausalLm model = RunSetup.buildModel(cfg.withModel(mc)); // LoRA and QAT as configured (lora.init_from is not loaded: speed does not depend on it)
-        Optimizer opt = RunSetup.optimizer(oc, model);
+        Optimizer opt = RunSetup.optimizer(cfg, model); // with train.precision's mixed precision, as training runs it
         MemoryAccount account = MemoryAccount.of(model, opt);
         memory.restart();
         LrSchedule schedule = LrSchedule.of(oc.schedule(), oc.learning_rate(), oc.min_lr(), oc.warmup_iters(), oc.decay_fraction());

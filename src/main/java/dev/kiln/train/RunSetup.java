@@ -10,9 +10,12 @@ import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.GptHfFormat;
 import dev.kiln.optim.Adafactor;
 import dev.kiln.optim.AdamW;
+import dev.kiln.optim.AdamW8bit;
+import dev.kiln.optim.GradScaler;
 import dev.kiln.optim.Lamb;
 import dev.kiln.optim.Lars;
 import dev.kiln.optim.Lion;
+import dev.kiln.optim.MixedPrecisionOptimizer;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.ParamGroup;
 import dev.kiln.optim.Sgd;
@@ -47,20 +50,50 @@ import java.util.Set;
 public final class RunSetup {
     private RunSetup() {}
 
+    /**
+     * The run's optimizer: {@link #optimizer(OptimConfig, CausalLm)}, wrapped for mixed precision when {@code train.precision}
+     * is fp16 (with the loss scaler {@code train.loss_scale} describes) or bf16.
+     */
+    public static Optimizer optimizer(RunConfig cfg, CausalLm model) {
+        return optimizer(cfg, model, null);
+    }
+
+    /**
+     * {@link #optimizer(RunConfig, CausalLm)}, split by block for {@code offload} when it is not null ({@link Offload#optimizer};
+     * GPT only, which config validation enforces).
+     */
+    public static Optimizer optimizer(RunConfig cfg, CausalLm model, Offload offload) {
+        Optimizer opt = offload == null ? optimizer(cfg.optim(), model) : offload.optimizer(cfg.optim(), (Gpt) model);
+        var tc = cfg.train();
+        return switch (tc.precision()) {
+            case "fp16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.F16, tc.loss_scale().equals("dynamic")
+                    ? GradScaler.dynamic(GradScaler.DEFAULT_INIT_SCALE, tc.loss_scale_window())
+                    : GradScaler.fixed(Double.parseDouble(tc.loss_scale().trim())));
+            case "bf16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.BF16, null);
+            default -> opt;
+        };
+    }
+
     /** The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters (LoRA: the adapters only). */
     public static Optimizer optimizer(OptimConfig oc, CausalLm model) {
+        return optimizer(oc, model, model.trainableParameters());
+    }
+
+    /** {@link #optimizer(OptimConfig, CausalLm)} over some of the model's trainable parameters (offload: one block's). */
+    static Optimizer optimizer(OptimConfig oc, CausalLm model, Map<String, dev.kiln.nn.Parameter> params) {
         try (var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
-            return newOptimizer(oc, model);
+            return newOptimizer(oc, model, params);
         }
     }
 
-    private static Optimizer newOptimizer(OptimConfig oc, CausalLm model) {
+    private static Optimizer newOptimizer(OptimConfig oc, CausalLm model, Map<String, dev.kiln.nn.Parameter> params) {
         // μP (model.init=mup): hidden matrices get learning rate × base_width/n_embd; see Gpt
         List<ParamGroup> groups = model instanceof Gpt gpt && gpt.config.mup()
-                ? ParamGroup.widthScaled(model.trainableParameters(), Gpt::isHiddenMatrix, gpt.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
-                : ParamGroup.standard(model.trainableParameters(), oc.weight_decay(), oc.no_decay_weight_decay());
+                ? ParamGroup.widthScaled(params, Gpt::isHiddenMatrix, gpt.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
+                : ParamGroup.standard(params, oc.weight_decay(), oc.no_decay_weight_decay());
         return switch (oc.optimizer()) {
             case "adamw" -> new AdamW(groups, oc.beta1(), oc.beta2(), oc.eps());
+            case "adamw8bit" -> new AdamW8bit(groups, oc.beta1(), oc.beta2(), oc.eps());
             case "sgd" -> new Sgd(groups, oc.momentum(), oc.nesterov());
             case "lamb" -> new Lamb(groups, oc.beta1(), oc.beta2(), oc.eps());
             case "lars" -> new Lars(groups, oc.momentum(), oc.trust_coefficient(), oc.eps());

@@ -6,6 +6,7 @@ import dev.kiln.data.BatchSampler;
 import dev.kiln.nn.models.CausalLm;
 import dev.kiln.ops.Arith;
 import dev.kiln.optim.GradClip;
+import dev.kiln.optim.MixedPrecisionOptimizer;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
@@ -23,8 +24,15 @@ import java.util.stream.IntStream;
 public final class TrainStep {
     private TrainStep() {}
 
-    /** Loss and pre-clipping gradient norm of one step; when either is not finite, nothing was updated. */
-    public record StepResult(double loss, double gradNorm) {}
+    /**
+     * Loss and pre-clipping gradient norm of one step; when either is not finite, nothing was updated. {@code overflow}:
+     * an fp16 step skipped by loss scaling (its gradients overflowed; the scale was backed off), a normal event, not a fault.
+     */
+    public record StepResult(double loss, double gradNorm, boolean overflow) {
+        public StepResult(double loss, double gradNorm) {
+            this(loss, gradNorm, false);
+        }
+    }
 
     /** {@link #step(CausalLm, Optimizer, BatchSampler, int, double, double, double, double)} with the sampler's batch size and plain cross-entropy. */
     public static StepResult step(CausalLm model, Optimizer opt, BatchSampler sampler, double lr, double gradClip) {
@@ -41,10 +49,28 @@ public final class TrainStep {
      * One optimizer step on {@code batch}: forward (cross-entropy with label smoothing and z-loss as given) →
      * backward (of the hardest rows only, with selective backprop: see {@link #forwardBackward}) → clip → update.
      * A non-finite loss or gradient norm returns before the update, leaving parameters and optimizer state untouched.
+     * Under mixed precision ({@link MixedPrecisionOptimizer}) forward and backward see half-precision weights, the loss
+     * is scaled (fp16), and an overflowing step is skipped with {@code overflow} set.
      */
     public static StepResult step(CausalLm model, Optimizer opt, Batch batch, double lr, double gradClip,
                                   double labelSmoothing, double zLoss, double selectFraction) {
-        double loss = forwardBackward(model, batch, labelSmoothing, zLoss, selectFraction);
+        MixedPrecisionOptimizer mp = opt instanceof MixedPrecisionOptimizer m ? m : null;
+        double loss;
+        if (mp == null) {
+            loss = forwardBackward(model, batch, labelSmoothing, zLoss, selectFraction, 1.0);
+        } else {
+            mp.beginStep();
+            boolean skip = false;
+            try {
+                loss = forwardBackward(model, batch, labelSmoothing, zLoss, selectFraction, mp.lossScale());
+            } finally {
+                skip = mp.endBackward(); // restores the fp32 master weights whatever happened
+            }
+            if (skip && Double.isFinite(loss)) {
+                model.zeroGrad();
+                return new StepResult(loss, Double.POSITIVE_INFINITY, true);
+            }
+        }
         if (!Double.isFinite(loss)) return new StepResult(loss, Double.NaN);
         double norm = GradClip.clip(model.parameters(), gradClip);
         if (Double.isFinite(norm)) opt.step(lr);
@@ -65,7 +91,7 @@ public final class TrainStep {
 
     /**
      * {@link #forwardBackward(CausalLm, Batch, double, double, double)} with the backpropagated loss multiplied by
-     * {@code gradScale} (gradient accumulation's 1/k); returns the unscaled loss.
+     * {@code gradScale} (gradient accumulation's 1/k, fp16 loss scaling's scale); returns the unscaled loss.
      */
     public static double forwardBackward(CausalLm model, Batch batch, double labelSmoothing, double zLoss, double selectFraction, double gradScale) {
         Batch trained = selectFraction < 1 ? batch.rows(hardestRows(model, batch, selectCount(batch.batchSize(), selectFraction))) : batch;

@@ -14,6 +14,7 @@ import dev.kiln.nn.Qat;
 import dev.kiln.nn.models.Generator;
 import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.GptConfig;
+import dev.kiln.optim.MixedPrecisionOptimizer;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.WeightAverage;
 import dev.kiln.optim.LrSchedule;
@@ -122,7 +123,14 @@ public final class Trainer {
 
         CausalLm model = RunSetup.buildModel(resolved);
         if (!cfg.lora().init_from().isEmpty() && !(resume && !store.list().isEmpty())) RunSetup.loadBase(model, cfg.lora().init_from(), out);
-        Optimizer opt = RunSetup.optimizer(oc, model);
+        Offload offload = Offload.open(resolved.train(), runDir, model); // closed with the shards below
+        Optimizer opt;
+        try {
+            opt = RunSetup.optimizer(cfg, model, offload);
+        } catch (RuntimeException e) {
+            if (offload != null) offload.close();
+            throw e;
+        }
         LayerDrop layerDrop = tc.layer_drop() > 0 ? new LayerDrop(tc.layer_drop(), tc.layer_drop_gamma(), tc.seed()) : null;
         List<WeightAverage> averages = RunSetup.averages(cfg.averaging(), model);
         LrSchedule schedule = LrSchedule.of(oc.schedule(), oc.learning_rate(), oc.min_lr(), oc.warmup_iters(), oc.decay_fraction());
@@ -154,7 +162,7 @@ public final class Trainer {
                     int depth = CheckpointStore.depth(latest.get(), model.depth());
                     if (depth != model.depth()) { // a checkpoint written after growth: rebuild the grown model
                         resize(model, depth, cfg.growth().method(), tc.seed());
-                        opt = RunSetup.optimizer(oc, model);
+                        opt = RunSetup.optimizer(cfg, model);
                     }
                     initial = restore(latest.get(), model, opt, averages, sampler, layerDrop);
                     resumedFrom = latest.get();
@@ -171,6 +179,7 @@ public final class Trainer {
             MemoryAccount account = MemoryAccount.of(model, opt);
             memory.restart();
             out.println("kiln: " + account);
+            if (offload != null) out.println("kiln: " + offload.describe());
             if (cfg.lora().rank() > 0)
                 out.printf("kiln: LoRA rank %d, alpha %s on %s; base %s, frozen%n", cfg.lora().rank(), cfg.lora().alpha(), cfg.lora().targets(),
                         cfg.lora().init_from().isEmpty() ? "from this run's initialisation" : "from " + cfg.lora().init_from());
@@ -188,6 +197,10 @@ public final class Trainer {
             }
         } finally {
             for (TokenShard s : trainShards) s.close();
+            if (offload != null) {
+                out.println("kiln: " + offload.summary());
+                offload.close();
+            }
         }
     }
 
@@ -227,6 +240,7 @@ public final class Trainer {
         OptimConfig oc = cfg.optim();
         int t = model.blockSize();
         GrowthConfig growth = cfg.growth();
+        var overflowSteps = faults.overflowStepSet();
         Curriculum curriculum = new Curriculum(cfg.curriculum(), t);
         RunLength length = new RunLength(tc, oc, t, curriculum);
         List<Double> losses = new ArrayList<>();
@@ -262,6 +276,7 @@ public final class Trainer {
                 int k = tc.grad_accum_steps();
                 double lr = schedule.lr(step, length.scheduleTotal(step, elapsed)) * RunSetup.lrScaling(oc, k * b) * lrScale;
                 if (step + 1 == corruptAtStep && corruptionsLeft-- > 0) model.finalNormWeight().setFlat(0, Double.NaN);
+                if (overflowSteps.contains(step + 1) && opt instanceof MixedPrecisionOptimizer mp) mp.injectOverflow();
                 LayerDrop.Plan plan = layerDrop == null ? null : layerDrop.plan(step, model.depth());
                 if (plan != null) {
                     // a dropped block gets a zero gradient, not none, so its optimizer update (momentum, decay) is the same
@@ -277,7 +292,7 @@ public final class Trainer {
                 TrainStep.StepResult r = GradAccumulation.step(model, opt, micro, lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss(), tc.select_fraction());
                 model.setLayerPlan(null, null);
                 long done = step + 1;
-                if (!Double.isFinite(r.loss()) || !Double.isFinite(r.gradNorm())) {
+                if (!r.overflow() && (!Double.isFinite(r.loss()) || !Double.isFinite(r.gradNorm()))) {
                     // skip: no update was made; after too many in a row, roll back to the last good checkpoint
                     badSteps++;
                     String what = !Double.isFinite(r.loss()) ? "loss is " + r.loss() : "gradient norm is " + r.gradNorm();
@@ -295,7 +310,7 @@ public final class Trainer {
                     int depth = CheckpointStore.depth(lastCheckpoint, model.depth());
                     if (depth != model.depth()) { // back across growth: the model shrinks, and grows again at growth.at_step
                         resize(model, depth, cfg.growth().method(), tc.seed());
-                        opt = RunSetup.optimizer(oc, model);
+                        opt = RunSetup.optimizer(cfg, model);
                     }
                     CheckpointStore.TrainerState back = restore(lastCheckpoint, model, opt, averages, sampler, layerDrop);
                     tokensSeen = back.tokensSeen();
@@ -324,10 +339,16 @@ public final class Trainer {
                 emaMs = step == start ? ms : 0.9 * emaMs + 0.1 * ms;
                 losses.add(loss);
                 ObjectNode rec = metrics.record();
-                rec.put("step", done).put("loss", loss).put("lr", lr).put("grad_norm", norm).put("ms", ms)
+                rec.put("step", done).put("loss", loss).put("lr", lr);
+                if (Double.isFinite(norm)) rec.put("grad_norm", norm); // not on an fp16 overflow step
+                rec.put("ms", ms)
                         .put("tok_per_s", stepTokens * 1000.0 / ms).put("batch_size", b).put("tokens", tokensSeen)
                         .put("elapsed_s", elapsed).put("gc_ms", gcMillis() - gc0)
                         .put("host_bytes_in_use", HostAllocator.bytesInUse());
+                if (opt instanceof MixedPrecisionOptimizer mp && mp.scaler() != null) {
+                    rec.put("loss_scale", mp.scaler().scale());
+                    if (r.overflow()) rec.put("overflow", true); // fp16 gradients overflowed: no update, scale backed off
+                }
                 if (plan != null) rec.put("blocks_skipped", plan.skipped());
                 if (curriculum.lengthWarmup()) rec.put("seq_len", seqLen);
                 if (curriculum.difficulty()) rec.put("competence", competence).put("windows", sampler.eligibleWindows(competence));

@@ -155,6 +155,23 @@ public final class Gpt extends CausalLm {
                 && (name.contains(".attn.c_attn.") || name.contains(".c_proj.") || name.contains(".mlp.c_fc."));
     }
 
+    /**
+     * Called around each block's forward, e.g. by parameter offload to fetch the block's weights before it runs and
+     * release them after; each may return its input through an identity op whose backward does the same in reverse.
+     */
+    public interface BlockHooks {
+        Tensor beforeBlock(int block, Tensor x);
+
+        Tensor afterBlock(int block, Tensor y);
+    }
+
+    private BlockHooks hooks;
+
+    /** Installs (or, with null, removes) the {@link BlockHooks}. */
+    public void setBlockHooks(BlockHooks hooks) {
+        this.hooks = hooks;
+    }
+
     /** idx int32 (B, T) → logits (B, T, vocab). */
     @Override
     public Tensor forward(Tensor idx) {
@@ -173,9 +190,11 @@ public final class Gpt extends CausalLm {
             }
             Block block = blocks.get(i);
             double scale = planned ? 1.0 / keepProb[i] : 1.0;
+            if (hooks != null) x = hooks.beforeBlock(i, x);
             x = recompute == Recompute.FULL
                     ? Checkpoint.apply(in -> block.forward(in, scale, Recompute.NONE), x, dropoutRng, block.parameters())
                     : block.forward(x, scale, recompute);
+            if (hooks != null) x = hooks.afterBlock(i, x);
             blocksRun++;
         }
         x = lnF.forward(x);

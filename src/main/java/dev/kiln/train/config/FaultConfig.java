@@ -12,10 +12,21 @@ package dev.kiln.train.config;
  *                                     reported and training goes on, instead of stopping
  * @param host_memory_limit_mib        cap on Kiln's off-heap tensor memory, 0 = none; exceeding it is a
  *                                     clear out-of-memory error instead of the machine swapping or dying
+ * @param overflow_steps               fault injection for fp16 loss scaling: steps (1-based, comma-separated, e.g. "5,6,7")
+ *                                     whose loss is scaled × 2^40 more, so their fp16 gradients overflow ("" = none)
  */
 public record FaultConfig(int nan_skip_limit, int max_rollbacks, double rollback_lr_factor, String preempt_file,
-                          boolean continue_on_checkpoint_error, long host_memory_limit_mib) {
+                          boolean continue_on_checkpoint_error, long host_memory_limit_mib,
+                          String overflow_steps) {
     public static FaultConfig defaults() {
-        return new FaultConfig(3, 3, 0.5, "", false, 0);
+        return new FaultConfig(3, 3, 0.5, "", false, 0, "");
+    }
+
+    /** The steps {@code overflow_steps} lists (validated by RunConfig). */
+    public java.util.Set<Long> overflowStepSet() {
+        java.util.Set<Long> out = new java.util.TreeSet<>();
+        if (overflow_steps.isBlank()) return out;
+        for (String part : overflow_steps.split(",")) out.add(Long.parseLong(part.trim()));
+        return out;
     }
 }

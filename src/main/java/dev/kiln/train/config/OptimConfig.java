@@ -14,7 +14,7 @@ package dev.kiln.train.config;
  * @param eps                   denominator epsilon (AdamW, LAMB)
  * @param weight_decay          weight decay of tensors with ≥ 2 dims (matrices, embeddings)
  * @param grad_clip             clip the global gradient norm to this; 0 = no clipping
- * @param optimizer             adamw, sgd, lamb, lars, lion or adafactor
+ * @param optimizer             adamw, adamw8bit (block-wise 8-bit moments), sgd, lamb, lars, lion or adafactor
  * @param schedule              constant, cosine, linear, inverse_sqrt, one_cycle or wsd (warmup-stable-decay)
  * @param decay_fraction        wsd: the fraction of the steps spent in the final decay to {@code min_lr}
  * @param momentum              SGD and LARS momentum

@@ -18,7 +18,7 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
     public static final Set<String> TOKENIZERS = Set.of("char", "gpt2");
 
     /** Optimizers {@code optim.optimizer} may name. */
-    public static final List<String> OPTIMIZERS = List.of("adamw", "sgd", "lamb", "lars", "lion", "adafactor");
+    public static final List<String> OPTIMIZERS = List.of("adamw", "adamw8bit", "sgd", "lamb", "lars", "lion", "adafactor");
 
     /** Schedules {@code optim.schedule} may name. */
     public static final List<String> SCHEDULES = LrSchedule.KINDS;
@@ -27,7 +27,7 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
     public static final List<String> LR_SCALING = List.of("none", "linear", "sqrt");
 
     /** Optimizers μP's Adam learning-rate rule ({@code model.init=mup}) applies to. */
-    public static final List<String> MUP_OPTIMIZERS = List.of("adamw", "lion");
+    public static final List<String> MUP_OPTIMIZERS = List.of("adamw", "adamw8bit", "lion");
 
     /** Modes {@code data.dedup} may name. */
     public static final List<String> DEDUP = dev.kiln.data.Dedup.MODES;
@@ -219,6 +219,11 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         if (m.llama() && !"none".equals(t.recompute()))
             fail("train.recompute", "is implemented for model.arch gpt only, got " + t.recompute() + " with model.arch llama", "model.arch");
         positive("train.grad_accum_steps", t.grad_accum_steps());
+        validatePrecision(t, faults, growth);
+        if (t.grad_accum_steps() > 1 && !t.precision().equals("fp32"))
+            fail("train.grad_accum_steps", "cannot be combined with train.precision " + t.precision() + " yet (loss scaling runs per step, not per micro-batch)", "train.precision");
+        if (m.llama() && (!t.offload_params().equals("none") || !t.offload_optimizer().equals("none")))
+            fail(!t.offload_params().equals("none") ? "train.offload_params" : "train.offload_optimizer", "is implemented for model.arch gpt only", "model.arch");
 
         AveragingConfig a = averaging;
         unitInterval("averaging.ema_decay", a.ema_decay());
@@ -299,6 +304,46 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
             fail("model.init", "must stay gpt2 (the default) for model.arch llama, which uses Hugging Face Llama's init (every matrix N(0, 0.02)); got \"" + m.init() + "\"", "model.arch");
         if (growth.on()) fail("growth.at_step", "is implemented for model.arch gpt only", "model.arch");
         if (train.layer_drop() > 0) fail("train.layer_drop", "is implemented for model.arch gpt only", "model.arch");
+    }
+
+    /** train.precision, train.loss_scale(_window) and faults.overflow_steps. */
+    private static void validatePrecision(TrainingConfig t, FaultConfig f, GrowthConfig g) {
+        oneOf("train.precision", t.precision(), TrainingConfig.PRECISIONS);
+        notNull("train.loss_scale", t.loss_scale());
+        if (!t.loss_scale().equals("dynamic")) {
+            double s;
+            try {
+                s = Double.parseDouble(t.loss_scale().trim());
+            } catch (NumberFormatException e) {
+                s = Double.NaN;
+            }
+            if (!(s > 0 && Double.isFinite(s))) fail("train.loss_scale", "must be \"dynamic\" or a positive number, got \"" + t.loss_scale() + "\"");
+        }
+        positive("train.loss_scale_window", t.loss_scale_window());
+        notNull("faults.overflow_steps", f.overflow_steps());
+        if (!f.overflow_steps().isBlank()) {
+            for (String part : f.overflow_steps().split(",")) {
+                long v;
+                try {
+                    v = Long.parseLong(part.trim());
+                } catch (NumberFormatException e) {
+                    v = -1;
+                }
+                if (v < 1) fail("faults.overflow_steps", "must list steps >= 1 separated by commas (e.g. \"5,6\"), got \"" + f.overflow_steps() + "\"");
+            }
+            if (!t.precision().equals("fp16")) fail("faults.overflow_steps", "injects fp16 gradient overflows; it needs train.precision=fp16, got " + t.precision(), "train.precision");
+        }
+        oneOf("train.offload_params", t.offload_params(), TrainingConfig.OFFLOAD_TIERS);
+        oneOf("train.offload_optimizer", t.offload_optimizer(), TrainingConfig.OFFLOAD_TIERS);
+        notNull("train.offload_dir", t.offload_dir());
+        nonNegative("train.prefetch_depth", t.prefetch_depth());
+        boolean offload = !t.offload_params().equals("none") || !t.offload_optimizer().equals("none");
+        if (!t.offload_params().equals("none") && !t.precision().equals("fp32"))
+            fail("train.offload_params", "cannot be combined with train.precision " + t.precision() + " yet (mixed precision keeps fp32 master copies of all weights)", "train.precision");
+        if (offload && g.on())
+            fail("growth.at_step", "cannot be combined with train.offload_params / train.offload_optimizer yet (the grown blocks are not offloaded)", "train.offload_params");
+        if (!t.precision().equals("fp32") && g.on())
+            fail("train.precision", t.precision() + " cannot be combined with growth.at_step yet (the grown model's optimizer is rebuilt in fp32)", "growth.at_step");
     }
 
     private static void positive(String key, int v) {

@@ -45,6 +45,16 @@ package dev.kiln.train.config;
  *                            {@code batch_size} sequences (nanoGPT's convention: a step trains on k·batch_size·block_size
  *                            tokens); 1 = off
  * @param device              where to train: cpu, cuda (= cuda:0) or cuda:N
+ * @param precision           fp32, or mixed precision fp16 / bf16: forward and backward with half-precision weights and
+ *                            gradients, fp32 master weights and optimizer (see MixedPrecisionOptimizer for the exact scope)
+ * @param loss_scale          fp16 only: "dynamic" (torch GradScaler: start 2^16, × 2 after {@code loss_scale_window}
+ *                            good steps, × 0.5 and skip the step on overflow) or a fixed number (overflowing steps are still skipped)
+ * @param loss_scale_window   good steps in a row before dynamic loss scaling doubles the scale
+ * @param offload_params      none, or disk: transformer blocks' parameters live in memory-mapped files and are paged
+ *                            in ahead of use (forward, backward, update) and out after it
+ * @param offload_optimizer   none, or disk: the blocks' optimizer state likewise, paged in block by block for the update
+ * @param offload_dir         directory of the offload files ("" = &lt;run dir&gt;/offload); scratch, deleted at the end
+ * @param prefetch_depth      how many blocks ahead offload pages in (0 = fetch each block when it is needed)
  */
 public record TrainingConfig(String name, String out_dir, int max_iters, int batch_size, int eval_interval,
                              int eval_iters, int final_eval_iters, int log_interval, int checkpoint_interval,
@@ -52,10 +62,19 @@ public record TrainingConfig(String name, String out_dir, int max_iters, int bat
                              String budget_time, String budget_tokens, boolean budget_fit_schedule, int batch_size_start, int batch_ramp_iters,
                              double label_smoothing, double z_loss, int early_stop_patience, double early_stop_min_delta,
                              double layer_drop, double layer_drop_gamma, double select_fraction, boolean tensorboard,
-                             String recompute, int grad_accum_steps, String device) {
+                             String recompute, int grad_accum_steps, String device,
+                             String precision, String loss_scale, int loss_scale_window,
+                             String offload_params, String offload_optimizer, String offload_dir, int prefetch_depth) {
+    /** Values {@code train.precision} may take. */
+    public static final java.util.List<String> PRECISIONS = java.util.List.of("fp32", "fp16", "bf16");
+
+    /** Values {@code train.offload_params} and {@code train.offload_optimizer} may take. */
+    public static final java.util.List<String> OFFLOAD_TIERS = java.util.List.of("none", "disk");
+
     public static TrainingConfig defaults() {
         return new TrainingConfig("shakespeare_char", "runs", 2000, 12, 250, 20, 200, 10, 500, 2, 1337L, 0,
                 "\n", 300,
-                "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true, "none", 1, "cpu");
+                "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true, "none", 1, "cpu", "fp32", "dynamic", 2000,
+                "none", "none", "", 2);
     }
 }

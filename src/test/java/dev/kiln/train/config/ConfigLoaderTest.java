@@ -43,7 +43,7 @@ class ConfigLoaderTest {
         assertEquals(new OptimConfig(1e-3, 1e-4, 100, 2000, 0.9, 0.99, 1e-8, 0.1, 1.0,
                 "adamw", "cosine", 0.2, 0.9, false, 0.001, 0.0, "none", 0), d.optim());
         assertEquals(new TrainingConfig("shakespeare_char", "runs", 2000, 12, 250, 20, 200, 10, 500, 2, 1337L, 0,
-                "\n", 300, "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true, "none", 1, "cpu"), d.train());
+                "\n", 300, "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true, "none", 1, "cpu", "fp32", "dynamic", 2000, "none", "none", "", 2), d.train());
         assertEquals(new AveragingConfig(0.0, 0, 10, 0, 100), d.averaging());
         assertEquals(new GrowthConfig(0, 0, "copy"), d.growth());
         assertEquals("gpt2", d.model().init());
@@ -63,7 +63,7 @@ class ConfigLoaderTest {
     @Test
     void keysListsEveryLeaf() {
         List<String> keys = ConfigLoader.keys();
-        assertEquals(14 + 5 + 18 + 30 + 6 + 5 + 3 + 6 + 5 + 4, keys.size());
+        assertEquals(14 + 5 + 18 + 37 + 7 + 5 + 3 + 6 + 5 + 4, keys.size());
         assertEquals("model.n_layer", keys.getFirst());
         assertTrue(keys.contains("optim.learning_rate"));
         assertTrue(keys.contains("train.sample_tokens"));
