@@ -58,7 +58,7 @@ class HfRunTest {
     }
 
     /** SmallRuns' model as a Llama: 4 query heads over 1 K/V head (grouped-query attention), SwiGLU 64 wide, untied head. */
-    private static final String[] LLAMA = {"model.arch=llama", "model.bias=false", "model.n_head=4", "model.n_kv_head=1", "model.intermediate_size=64"};
+    static final String[] LLAMA = {"model.arch=llama", "model.bias=false", "model.n_head=4", "model.n_kv_head=1", "model.intermediate_size=64"};
 
     /** SmallRuns' overrides for the architecture {@code arch} (gpt: its own GPT). */
     private static String[] archKeys(String arch, String... more) {
