@@ -36,8 +36,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * Reading Hugging Face model directories: the GPT-2 and Llama directories transformers 5.18 wrote (committed
- * fixtures), GPT-2's logits against transformers' own, the Llama mapping as plain numbers, and every kind of bad
- * input with its one-line error.
+ * fixtures), Kiln's GPT-2 and Llama logits against transformers' own, the Llama mapping as plain numbers, and every
+ * kind of bad input with its one-line error.
  */
 class HfDirectoryTest {
     @TempDir

@@ -37,9 +37,9 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * kiln export --hf and kiln import through the CLI: a Kiln run goes to a Hugging Face directory and back bit for
- * bit (weights, logits, evaluation), an HF directory written by transformers becomes a run that evaluates, samples
- * and continues training.
+ * kiln export --hf and kiln import through the CLI, GPT-2 and Llama: a Kiln run goes to a Hugging Face directory
+ * and back bit for bit (weights, logits, evaluation), an HF directory written by transformers becomes a run that
+ * evaluates, samples and continues training, and lora.init_from takes one.
  */
 class HfRunTest {
     @TempDir
