@@ -47,7 +47,7 @@ final class ExportCommand implements Callable<Integer> {
         boolean merged;
         @Option(names = "--adapter-only", description = "only the LoRA adapters, PEFT names (base_model.model.<module>.lora_A.weight …) + adapter_config.json")
         boolean adapterOnly;
-        @Option(names = "--hf", description = "a Hugging Face model directory at --out: model.safetensors (HF names, fp32, LoRA merged) + config.json + generation_config.json, for transformers' from_pretrained")
+        @Option(names = "--hf", description = "a Hugging Face model directory at --out (GPT2LMHeadModel or LlamaForCausalLM): model.safetensors (HF names, fp32, LoRA merged) + config.json + generation_config.json, for transformers' from_pretrained")
         boolean hf;
         @Option(names = "--int8", description = "Linear weights as int8 codes + fp32 per-channel <name>_scale (qat.bits of the run, else 8), the rest fp32")
         boolean int8;
@@ -70,7 +70,7 @@ final class ExportCommand implements Callable<Integer> {
         if (mode != null && mode.hf) return exportHf(rc);
         if (!(rc.model() instanceof Gpt gpt))
             throw new TrainingException(rc.checkpoint() + ": kiln export writes HF GPT-2 layouts, and this run is a " + rc.model().describe()
-                    + "; its checkpoint's " + dev.kiln.train.CheckpointStore.MODEL_FILE + " already holds HF LlamaForCausalLM names");
+                    + "; its checkpoint's " + dev.kiln.train.CheckpointStore.MODEL_FILE + " already holds HF LlamaForCausalLM names (kiln export --hf writes it as a Hugging Face directory)");
         boolean adapterOnly = mode != null && mode.adapterOnly, int8 = mode != null && mode.int8;
         LoraConfig lora = rc.config().lora();
         Path parent = out.toAbsolutePath().getParent();
@@ -107,9 +107,7 @@ final class ExportCommand implements Callable<Integer> {
         try (var scope = MemoryScope.open()) {
             // GPT-2 BPE's <|endoftext|> is its bos/eos; a char vocabulary has none
             Integer bos = "gpt2".equals(rc.config().data().tokenizer()) ? Gpt2Spec.GPT2_EOT : null;
-            // LLAMA HOOK: a Llama checkpoint exports through HfInterchange.fromLlama instead
-            if (!(rc.model() instanceof Gpt gpt)) throw new TrainingException(rc.checkpoint() + ": kiln export --hf is wired for GPT-2 only so far");
-            HfDirectory.HfModel hf = HfInterchange.fromGpt(gpt, bos);
+            HfDirectory.HfModel hf = HfInterchange.fromModel(rc.model(), bos);
             HfDirectory.write(out, hf.spec(), hf.tensors());
             System.out.printf("kiln: wrote %s: %s (%s, %d tensors, fp32%s) + %s + %s (from %s)%n", out.resolve(HfDirectory.WEIGHTS), hf.spec().architecture(),
                     rc.config().lora().rank() > 0 ? "LoRA merged" : "HF names", hf.tensors().size(), bos != null ? ", GPT-2 BPE vocabulary" : ", Kiln char vocabulary",

@@ -3,9 +3,12 @@ package dev.kiln.hf;
 import dev.kiln.KilnException;
 import dev.kiln.nn.Lora;
 import dev.kiln.nn.Parameter;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.GptConfig;
 import dev.kiln.nn.models.GptHfFormat;
+import dev.kiln.nn.models.Llama;
+import dev.kiln.nn.models.LlamaConfig;
 import dev.kiln.tensor.Tensor;
 
 import java.util.Arrays;
@@ -15,7 +18,7 @@ import java.util.Map;
 /**
  * Kiln models to and from their Hugging Face form ({@link HfDirectory.HfModel}). GPT: names are HF's already,
  * Conv1D weights transposed by {@link GptHfFormat}. Llama: names and layouts are HF's one to one
- * ({@link #loadSameLayout}); the model itself lives on another branch, see LLAMA HOOK.
+ * ({@link #loadSameLayout}). {@link #fromModel} / {@link #loadInto} pick the architecture by the model's class.
  */
 public final class HfInterchange {
     private HfInterchange() {}
@@ -76,14 +79,72 @@ public final class HfInterchange {
         params.forEach((k, p) -> p.copyFrom(hf.get(k)));
     }
 
-    // LLAMA HOOK (after merging branch llama): the Kiln side of Llama interchange is two short methods,
-    //   static HfDirectory.HfModel fromLlama(Llama m) {
-    //       LlamaConfig c = m.config;   // LlamaSpec's numbers: vocab, hidden, intermediate, layers, heads, kv heads, context, eps, theta, tie
-    //       return new HfDirectory.HfModel(new LlamaSpec(...), new LinkedHashMap<>(m.namedParameters())); // HF names and layouts already
-    //   }
-    //   static void loadIntoLlama(Llama m, HfDirectory.HfModel hf, String source) { loadSameLayout(m.namedParameters(), hf.tensors(), source); }
-    // (with a tied head, drop lm_head.weight from the parameters if Llama registers it); the call sites marked
-    // LLAMA HOOK in ExportCommand and HfImport (its up-front refusal of a non-GPT-2 spec, and the model build) pick
-    // them by the model's class, and LlamaSpec.kilnShapeOverrides names Kiln's Llama config keys. LlamaSpec (config.json both
-    // ways, tensor list, checks) and scripts/hf_check.py (model_type llama) are ready and tested without the model.
+    /**
+     * The LlamaConfig of a Kiln Llama; {@code bosTokenId} (bos and eos) null for a vocabulary without one. Kiln's
+     * Llama config has no tied-head key, so a Kiln Llama is always untied.
+     */
+    public static LlamaSpec llamaSpec(LlamaConfig c, Integer bosTokenId) {
+        return new LlamaSpec(c.vocab_size(), c.hidden_size(), c.intermediate_size(), c.num_hidden_layers(), c.num_attention_heads(),
+                c.num_key_value_heads(), c.max_position_embeddings(), c.rms_norm_eps(), c.rope_theta(), c.tie_word_embeddings(), bosTokenId, bosTokenId);
+    }
+
+    /** A Kiln Llama in HF form: names and layouts are HF's already; LoRA adapters merged into the weights. */
+    public static HfDirectory.HfModel fromLlama(Llama model, Integer bosTokenId) {
+        return new HfDirectory.HfModel(llamaSpec(model.config, bosTokenId), Lora.merged(model));
+    }
+
+    /**
+     * Loads {@code hf}'s Llama weights into a Kiln Llama's base parameters (LoRA adapters stay as they are). The
+     * config.json numbers must be the model's own, rope_theta and rms_norm_eps included (they are not in the
+     * tensors); the first key that differs is named.
+     */
+    public static void loadIntoLlama(Llama model, HfDirectory.HfModel hf, String source) {
+        if (!(hf.spec() instanceof LlamaSpec s))
+            throw new KilnException(source + ": holds a " + hf.spec().architecture() + ", not a Llama model");
+        refuseUnsupported(s, source);
+        LlamaConfig c = model.config;
+        int[][] pairs = {{s.vocab_size(), c.vocab_size()}, {s.max_position_embeddings(), c.max_position_embeddings()}, {s.hidden_size(), c.hidden_size()},
+                {s.num_hidden_layers(), model.depth()}, {s.num_attention_heads(), c.num_attention_heads()},
+                {s.num_key_value_heads(), c.num_key_value_heads()}, {s.intermediate_size(), c.intermediate_size()}};
+        String[][] keys = {{"vocab_size", "model.vocab_size"}, {"max_position_embeddings", "model.block_size"}, {"hidden_size", "model.n_embd"},
+                {"num_hidden_layers", "model.n_layer"}, {"num_attention_heads", "model.n_head"}, {"num_key_value_heads", "model.n_kv_head"},
+                {"intermediate_size", "model.intermediate_size"}};
+        for (int i = 0; i < pairs.length; i++)
+            if (pairs[i][0] != pairs[i][1])
+                throw new KilnException(source + ": config.json has " + keys[i][0] + " " + pairs[i][0] + " but the Kiln model has " + keys[i][1] + " " + pairs[i][1]);
+        if (s.rope_theta() != c.rope_theta())
+            throw new KilnException(source + ": config.json has rope_theta " + s.rope_theta() + " but the Kiln model has model.rope_theta " + c.rope_theta());
+        if (s.rms_norm_eps() != c.rms_norm_eps())
+            throw new KilnException(source + ": config.json has rms_norm_eps " + s.rms_norm_eps() + " but the Kiln model has model.norm_eps " + c.rms_norm_eps());
+        Map<String, Parameter> base = model.namedParameters();
+        base.keySet().removeIf(Lora::isAdapter);
+        loadSameLayout(base, hf.tensors(), source);
+    }
+
+    /**
+     * Refuses, before anything is built, an HF model Kiln reads but cannot build: a Llama with a tied LM head (Kiln's
+     * Llama config has no key for tying; its model does, so adding model.tie_word_embeddings would lift this).
+     */
+    public static void refuseUnsupported(HfModelSpec spec, String source) {
+        if (spec instanceof LlamaSpec s && s.tie_word_embeddings())
+            throw new KilnException(source + ": tie_word_embeddings is true; Kiln's Llama config has no tied-head key, so Kiln imports untied Llamas only");
+    }
+
+    /** {@link #fromGpt} or {@link #fromLlama}, by the model's class. */
+    public static HfDirectory.HfModel fromModel(CausalLm model, Integer bosTokenId) {
+        return switch (model) {
+            case Gpt g -> fromGpt(g, bosTokenId);
+            case Llama l -> fromLlama(l, bosTokenId);
+            default -> throw new KilnException("no Hugging Face form for " + model.describe());
+        };
+    }
+
+    /** {@link #loadIntoGpt} or {@link #loadIntoLlama}, by the model's class. */
+    public static void loadInto(CausalLm model, HfDirectory.HfModel hf, String source) {
+        switch (model) {
+            case Gpt g -> loadIntoGpt(g, hf, source);
+            case Llama l -> loadIntoLlama(l, hf, source);
+            default -> throw new KilnException(source + ": no Hugging Face form for " + model.describe());
+        }
+    }
 }

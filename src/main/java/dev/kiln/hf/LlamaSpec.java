@@ -6,7 +6,6 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.kiln.KilnException;
 import dev.kiln.tensor.Safetensors;
 
-import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -16,8 +15,7 @@ import java.util.Map;
  * grouped-query attention, no biases, LM head untied unless tie_word_embeddings. Weights are nn.Linear's
  * [out, in] in HF's files and in Kiln's Llama alike, so names and layouts map one to one.
  *
- * <p>Everything here is a function of the numbers, testable without a Llama model; the Kiln model is wired in
- * {@link HfInterchange} (see LLAMA HOOK there).
+ * <p>Everything here is a function of the numbers; the Kiln model is wired in {@link HfInterchange}.
  */
 public record LlamaSpec(int vocab_size, int hidden_size, int intermediate_size, int num_hidden_layers, int num_attention_heads,
                         int num_key_value_heads, int max_position_embeddings, double rms_norm_eps, double rope_theta,
@@ -122,22 +120,21 @@ public record LlamaSpec(int vocab_size, int hidden_size, int intermediate_size, 
     }
 
     /**
-     * LLAMA HOOK (config keys): the Kiln keys of the Llama model (branch llama). Check these names against its
-     * LlamaConfig when merging; a key Kiln does not know fails on import with ConfigLoader's one-line error.
+     * Kiln's Llama keys (GptConfig's model section read by LlamaConfig.of). A tied head has no Kiln key: such a
+     * directory is refused before these are used ({@link HfInterchange#refuseUnsupported}).
      */
     @Override
     public List<String> kilnShapeOverrides() {
-        List<String> o = new ArrayList<>(List.of("model.arch=llama", "model.n_layer=" + num_hidden_layers, "model.n_head=" + num_attention_heads,
+        return List.of("model.arch=llama", "model.n_layer=" + num_hidden_layers, "model.n_head=" + num_attention_heads,
                 "model.n_kv_head=" + num_key_value_heads, "model.n_embd=" + hidden_size, "model.intermediate_size=" + intermediate_size,
                 "model.block_size=" + max_position_embeddings, "model.vocab_size=" + vocab_size, "model.rope_theta=" + rope_theta,
-                "model.norm_eps=" + rms_norm_eps));
-        if (tie_word_embeddings) o.add("model.tie_word_embeddings=true");
-        return o;
+                "model.norm_eps=" + rms_norm_eps, "model.bias=false");
     }
 
+    /** Kiln's Llama has no dropout (config validation refuses another value); a config file's GPT dropout is replaced. */
     @Override
     public List<String> kilnDefaultOverrides() {
-        return List.of();
+        return List.of("model.dropout=0.0");
     }
 
     @Override

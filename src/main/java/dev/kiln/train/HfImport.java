@@ -5,11 +5,10 @@ import dev.kiln.KilnException;
 import dev.kiln.data.BatchSampler;
 import dev.kiln.data.PreparedData;
 import dev.kiln.data.TokenShard;
-import dev.kiln.hf.Gpt2Spec;
 import dev.kiln.hf.HfDirectory;
 import dev.kiln.hf.HfInterchange;
 import dev.kiln.hf.HfModelSpec;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.WeightAverage;
 import dev.kiln.tensor.MemoryScope;
@@ -39,10 +38,7 @@ public final class HfImport {
 
     public static Result importRun(Path hfDir, Path configFile, List<String> userOverrides, PrintStream out) {
         HfModelSpec spec = HfDirectory.readSpec(hfDir);
-        // LLAMA HOOK: let LlamaSpec through once Kiln has the model (its config keys are LlamaSpec.kilnShapeOverrides)
-        if (!(spec instanceof Gpt2Spec))
-            throw new KilnException(hfDir.resolve(HfDirectory.CONFIG) + ": model_type " + spec.modelType() + " (" + spec.architecture()
-                    + ") is read and validated, but this Kiln has no such model to load it into yet");
+        HfInterchange.refuseUnsupported(spec, hfDir.resolve(HfDirectory.CONFIG).toString());
         List<String> overrides = new ArrayList<>(spec.kilnDefaultOverrides());
         for (String o : userOverrides) {
             String key = o.contains("=") ? o.substring(0, o.indexOf('=')).strip() : o;
@@ -67,10 +63,8 @@ public final class HfImport {
         Path checkpoint;
         try (var scope = MemoryScope.open()) {
             HfDirectory.HfModel hf = HfDirectory.read(hfDir);
-            // LLAMA HOOK: for a LlamaSpec, build the Llama from cfg and HfInterchange.loadIntoLlama(m, hf, …); the lines
-            // below take the trainer's common model type once it has one
-            Gpt model = (Gpt) RunSetup.buildModel(cfg); // a Llama directory is refused earlier (LLAMA HOOK above)
-            HfInterchange.loadIntoGpt(model, hf, hfDir.toString());
+            CausalLm model = RunSetup.buildModel(cfg);
+            HfInterchange.loadInto(model, hf, hfDir.toString());
             Optimizer opt = RunSetup.optimizer(cfg.optim(), model);
             List<WeightAverage> averages = RunSetup.averages(cfg.averaging(), model); // after loading: they start from the HF weights
             long samplerState = initialSamplerState(cfg, data);

@@ -147,9 +147,7 @@ public final class RunSetup {
         Path file;
         if (HfDirectory.isModelDirectory(p) && !Files.isRegularFile(p.resolve(CheckpointStore.STATE_FILE))) {
             try (var scope = MemoryScope.open()) { // a Hugging Face model directory: checked against its config.json
-                if (!(model instanceof Gpt gpt)) // LLAMA HOOK: Llama directories are wired in a later commit
-                    throw new KilnException(p + ": a Hugging Face directory as base weights is supported for GPT-2 only");
-                HfInterchange.loadIntoGpt(gpt, HfDirectory.read(p), p.toString());
+                HfInterchange.loadInto(model, HfDirectory.read(p), p.toString());
             } catch (KilnException e) {
                 throw new TrainingException("lora.init_from: " + e.getMessage(), e);
             }

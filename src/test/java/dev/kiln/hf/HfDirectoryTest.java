@@ -2,8 +2,11 @@ package dev.kiln.hf;
 
 import dev.kiln.KilnException;
 import dev.kiln.autograd.Tape;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.GptConfig;
+import dev.kiln.nn.models.Llama;
+import dev.kiln.nn.models.LlamaConfig;
 import dev.kiln.tensor.DType;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Safetensors;
@@ -33,8 +36,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * Reading Hugging Face model directories: the GPT-2 and Llama directories transformers 5.18 wrote (committed
- * fixtures), GPT-2's logits against transformers' own, the Llama mapping as plain numbers, and every kind of bad
- * input with its one-line error.
+ * fixtures), Kiln's GPT-2 and Llama logits against transformers' own, the Llama mapping as plain numbers, and every
+ * kind of bad input with its one-line error.
  */
 class HfDirectoryTest {
     @TempDir
@@ -48,8 +51,17 @@ class HfDirectoryTest {
         return model;
     }
 
+    /** A Kiln Llama holding the weights of an HF Llama directory (untied). */
+    static Llama llamaFrom(HfDirectory.HfModel hf, String source) {
+        LlamaSpec s = (LlamaSpec) hf.spec();
+        Llama model = new Llama(new LlamaConfig(s.vocab_size(), s.hidden_size(), s.intermediate_size(), s.num_hidden_layers(), s.num_attention_heads(),
+                s.num_key_value_heads(), s.max_position_embeddings(), s.rope_theta(), s.rms_norm_eps(), false, 0.02), 0, DType.F32);
+        HfInterchange.loadIntoLlama(model, hf, source);
+        return model;
+    }
+
     /** max |Kiln − transformers| over the logits of the io file's tokens. */
-    static double maxLogitDiff(Gpt model, Path io) {
+    static double maxLogitDiff(CausalLm model, Path io) {
         try (var scope = MemoryScope.open(); var ng = Tape.noGradScope()) {
             Map<String, Tensor> t = Safetensors.read(io).tensors();
             float[] kiln = model.forward(t.get("tokens")).toFloatArray(), hf = t.get("logits").toFloatArray();
@@ -75,7 +87,7 @@ class HfDirectoryTest {
     }
 
     @Test
-    void readsTheLlamaDirectoryTransformersWrote() {
+    void readsTheLlamaDirectoryTransformersWroteAndComputesItsLogits() {
         try (var scope = MemoryScope.open()) {
             HfDirectory.HfModel hf = HfDirectory.read(fixture("llama"));
             LlamaSpec s = assertInstanceOf(LlamaSpec.class, hf.spec());
@@ -83,8 +95,12 @@ class HfDirectoryTest {
             assertEquals(s.tensorShapes().keySet(), hf.tensors().keySet(), "every tensor transformers wrote is in the list, and only those");
             hf.tensors().forEach((k, t) -> assertArrayEquals(s.tensorShapes().get(k), t.shape(), k));
             assertEquals(List.of("model.arch=llama", "model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", "model.n_embd=32",
-                    "model.intermediate_size=96", "model.block_size=32", "model.vocab_size=65", "model.rope_theta=10000.0", "model.norm_eps=1.0E-5"),
+                    "model.intermediate_size=96", "model.block_size=32", "model.vocab_size=65", "model.rope_theta=10000.0", "model.norm_eps=1.0E-5", "model.bias=false"),
                     s.kilnShapeOverrides());
+            // GQA (4 query heads over 2 K/V heads), rotary positions, RMSNorm ε 1e-5, SwiGLU, untied head: transformers' own logits
+            double diff = maxLogitDiff(llamaFrom(hf, "llama"), fixture("llama_io.safetensors"));
+            System.out.printf("HfDirectoryTest: Llama from transformers 5.18, Kiln logits max |diff| %.3g%n", diff);
+            assertTrue(diff <= 1e-4, "max |Δlogit| " + diff);
         }
     }
 
@@ -223,6 +239,22 @@ class HfDirectoryTest {
         d = copy("llama", tmp);
         editTensors(d, t -> t.put("model.layers.1.mlp.down_proj.weight", Tensor.zeros(DType.F32, 96, 32)));
         refused(d, "tensor model.layers.1.mlp.down_proj.weight has shape [96, 32]", "needs [32, 96]");
+
+        d = copy("llama", tmp);
+        editTensors(d, t -> t.remove("model.layers.1.self_attn.v_proj.weight"));
+        refused(d, "missing tensor model.layers.1.self_attn.v_proj.weight", "model.safetensors");
+
+        d = copy("llama", tmp);
+        editTensors(d, t -> t.put("model.layers.0.self_attn.q_proj.bias", Tensor.zeros(DType.F32, 32)));
+        refused(d, "unexpected tensor model.layers.0.self_attn.q_proj.bias");
+
+        d = copy("llama", tmp);
+        editTensors(d, t -> t.put("model.layers.0.self_attn.k_proj.lora_A.weight", Tensor.zeros(DType.F32, 4, 32)));
+        refused(d, "unexpected tensor model.layers.0.self_attn.k_proj.lora_A.weight");
+
+        d = copy("llama", tmp);
+        editTensors(d, t -> t.put("model.norm.weight", Tensor.zeros(DType.F32, 33)));
+        refused(d, "tensor model.norm.weight has shape [33]", "needs [32]");
     }
 
     @Test
@@ -248,6 +280,15 @@ class HfDirectoryTest {
         d = copy("llama", tmp);
         editConfig(d, c -> c.put("num_hidden_layers", 1));
         refused(d, "config.json: num_hidden_layers is 1 but the tensors hold 2 layers");
+        d = copy("llama", tmp);
+        editConfig(d, c -> c.put("num_hidden_layers", 3));
+        refused(d, "config.json: num_hidden_layers is 3 but the tensors hold 2 layers");
+        d = copy("llama", tmp);
+        editConfig(d, c -> c.put("hidden_size", 64).put("head_dim", 16));
+        refused(d, "config.json: hidden_size is 64 but model.embed_tokens.weight is 32 wide");
+        d = copy("llama", tmp);
+        editConfig(d, c -> c.put("vocab_size", 32000));
+        refused(d, "config.json: vocab_size is 32000 but model.embed_tokens.weight has 65 rows");
     }
 
     @Test
@@ -299,5 +340,17 @@ class HfDirectoryTest {
         d = copy("llama", tmp);
         editConfig(d, c -> c.putObject("rope_parameters").put("rope_type", "yarn"));
         refused(d, "rope_parameters: rope_type is \"yarn\"");
+        d = copy("llama", tmp);
+        editConfig(d, c -> c.putObject("rope_scaling").put("rope_type", "linear").put("factor", 2.0));
+        refused(d, "config.json: rope_scaling is set");
+        d = copy("llama", tmp);
+        editConfig(d, c -> c.put("mlp_bias", true));
+        refused(d, "config.json: mlp_bias is true");
+        d = copy("llama", tmp);
+        editConfig(d, c -> c.put("head_dim", 16));
+        refused(d, "config.json: head_dim is 16");
+        d = copy("llama", tmp);
+        editConfig(d, c -> c.put("num_key_value_heads", 3));
+        refused(d, "config.json: num_key_value_heads is 3", "not divisible");
     }
 }

@@ -7,7 +7,7 @@ import dev.kiln.hf.HfDirectory;
 import dev.kiln.hf.HfFixtures;
 import dev.kiln.hf.HfInterchange;
 import dev.kiln.KilnException;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.GptConfig;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Safetensors;
@@ -15,6 +15,8 @@ import dev.kiln.tensor.Tensor;
 import dev.kiln.train.config.ConfigLoader;
 import dev.kiln.train.config.RunConfig;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 import org.junit.jupiter.api.io.TempDir;
 
 import java.io.ByteArrayOutputStream;
@@ -30,13 +32,14 @@ import java.util.regex.Pattern;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
- * kiln export --hf and kiln import through the CLI: a Kiln run goes to a Hugging Face directory and back bit for
- * bit (weights, logits, evaluation), an HF directory written by transformers becomes a run that evaluates, samples
- * and continues training.
+ * kiln export --hf and kiln import through the CLI, GPT-2 and Llama: a Kiln run goes to a Hugging Face directory
+ * and back bit for bit (weights, logits, evaluation), an HF directory written by transformers becomes a run that
+ * evaluates, samples and continues training, and lora.init_from takes one.
  */
 class HfRunTest {
     @TempDir
@@ -54,10 +57,20 @@ class HfRunTest {
         return a;
     }
 
-    /** A run's latest checkpoint loaded into a GPT built from its own config. */
-    private static Gpt load(Path checkpoint) {
+    /** SmallRuns' model as a Llama: 4 query heads over 1 K/V head (grouped-query attention), SwiGLU 64 wide, untied head. */
+    static final String[] LLAMA = {"model.arch=llama", "model.bias=false", "model.n_head=4", "model.n_kv_head=1", "model.intermediate_size=64"};
+
+    /** SmallRuns' overrides for the architecture {@code arch} (gpt: its own GPT). */
+    private static String[] archKeys(String arch, String... more) {
+        List<String> o = new ArrayList<>(arch.equals("llama") ? List.of(LLAMA) : List.of());
+        o.addAll(List.of(more));
+        return o.toArray(String[]::new);
+    }
+
+    /** A run's latest checkpoint loaded into the model built from its own config. */
+    private static CausalLm load(Path checkpoint) {
         RunConfig cfg = ConfigLoader.fromJson(CheckpointStore.config(checkpoint).toString(), checkpoint.toString());
-        Gpt m = (Gpt) RunSetup.buildModel(cfg);
+        CausalLm m = RunSetup.buildModel(cfg);
         CheckpointStore.load(checkpoint, m, null, List.of());
         return m;
     }
@@ -84,19 +97,31 @@ class HfRunTest {
         return xs.stream().mapToDouble(Double::doubleValue).average().orElseThrow();
     }
 
-    @Test
-    void aKilnRunGoesToHuggingFaceAndBackBitForBit() throws IOException {
-        Trainer.Result base = SmallRuns.train(tmp, "base", 30, false);
+    @ParameterizedTest
+    @ValueSource(strings = {"gpt", "llama"})
+    void aKilnRunGoesToHuggingFaceAndBackBitForBit(String arch) throws IOException {
+        Trainer.Result base = SmallRuns.train(tmp, "base", 30, false, archKeys(arch));
         Path hf = tmp.resolve("hf-out");
         SmallRuns.Cli c = SmallRuns.cli("export", "--run", base.runDir().toString(), "--hf", "--out", hf.toString());
         assertEquals(0, c.code(), c.err());
         JsonNode config = new ObjectMapper().readTree(hf.resolve("config.json").toFile());
-        assertEquals("GPT2LMHeadModel", config.path("architectures").get(0).asText());
-        assertEquals(2, config.path("n_layer").asInt());
-        assertEquals(32, config.path("n_embd").asInt());
-        assertEquals(32, config.path("n_positions").asInt());
         assertEquals(65, config.path("vocab_size").asInt());
-        assertEquals("gelu_new", config.path("activation_function").asText());
+        if (arch.equals("gpt")) {
+            assertEquals("GPT2LMHeadModel", config.path("architectures").get(0).asText());
+            assertEquals(2, config.path("n_layer").asInt());
+            assertEquals(32, config.path("n_embd").asInt());
+            assertEquals(32, config.path("n_positions").asInt());
+            assertEquals("gelu_new", config.path("activation_function").asText());
+        } else {
+            assertEquals("LlamaForCausalLM", config.path("architectures").get(0).asText());
+            assertEquals(2, config.path("num_hidden_layers").asInt());
+            assertEquals(32, config.path("hidden_size").asInt());
+            assertEquals(4, config.path("num_attention_heads").asInt());
+            assertEquals(1, config.path("num_key_value_heads").asInt());
+            assertEquals(64, config.path("intermediate_size").asInt());
+            assertEquals(32, config.path("max_position_embeddings").asInt());
+            assertFalse(config.path("tie_word_embeddings").asBoolean());
+        }
         assertTrue(Files.isRegularFile(hf.resolve("generation_config.json")));
 
         c = SmallRuns.cli(importArgs(hf, "back", 60).toArray(String[]::new));
@@ -118,7 +143,7 @@ class HfRunTest {
             int[] ids = new int[2 * 32];
             for (int i = 0; i < ids.length; i++) ids[i] = (i * 7 + 3) % 65;
             Tensor idx = Tensor.ofInts(ids, 2, 32);
-            Gpt m1 = load(orig), m2 = load(back);
+            CausalLm m1 = load(orig), m2 = load(back);
             m1.train(false);
             m2.train(false);
             assertArrayEquals(rawBits(m1.forward(idx)), rawBits(m2.forward(idx)));
@@ -137,29 +162,40 @@ class HfRunTest {
         assertEquals(60, r.losses().size());
         assertTrue(r.losses().stream().allMatch(Double::isFinite));
         double firstBack = r.losses().getFirst(), lastBase = base.losses().getLast();
-        System.out.printf("HfRunTest: base run's last loss %.4f; the imported run's first %.4f, mean of its last 10 %.4f%n",
-                lastBase, firstBack, mean(r.losses().subList(50, 60)));
+        System.out.printf("HfRunTest: %s: base run's last loss %.4f; the imported run's first %.4f, mean of its last 10 %.4f%n",
+                arch, lastBase, firstBack, mean(r.losses().subList(50, 60)));
         assertTrue(Math.abs(firstBack - lastBase) < 0.5, "the imported model starts where the base run ended, not from scratch: " + firstBack + " vs " + lastBase);
         assertTrue(mean(r.losses().subList(50, 60)) < mean(r.losses().subList(0, 10)), r.losses().toString());
         // … exactly as a fine-tune started from the exported directory in one go (lora.init_from with rank 0)
-        Trainer.Result ft = SmallRuns.train(tmp, "ft", 60, false, "lora.init_from=" + hf);
+        Trainer.Result ft = SmallRuns.train(tmp, "ft", 60, false, archKeys(arch, "lora.init_from=" + hf));
         assertEquals(ft.losses(), r.losses());
         assertEquals(ft.finalValLoss(), r.finalValLoss());
     }
 
-    @Test
-    void aTransformersDirectoryBecomesARunThatTrains() throws IOException {
-        Path hf = HfFixtures.fixture("gpt2");
+    @ParameterizedTest
+    @ValueSource(strings = {"gpt2", "llama"})
+    void aTransformersDirectoryBecomesARunThatTrains(String fixture) throws IOException {
+        Path hf = HfFixtures.fixture(fixture);
         SmallRuns.Cli c = SmallRuns.cli(importArgs(hf, "fromhf", 100).toArray(String[]::new));
         assertEquals(0, c.code(), c.err());
         Path ckpt = new CheckpointStore(tmp.resolve("runs/fromhf")).latest().orElseThrow();
         RunConfig cfg = ConfigLoader.load(tmp.resolve("runs/fromhf/config.yaml"), List.of());
-        assertEquals(new GptConfig(2, 4, 32, 32, 65, 0.1, true), cfg.model(), "the shape from config.json, dropout from resid_pdrop");
+        if (fixture.equals("gpt2")) {
+            assertEquals(new GptConfig(2, 4, 32, 32, 65, 0.1, true), cfg.model(), "the shape from config.json, dropout from resid_pdrop");
+        } else { // the shape from config.json: 4 query heads over 2 K/V heads, SwiGLU 96 wide, ε 1e-5, θ 10000
+            GptConfig m = cfg.model();
+            assertTrue(m.llama());
+            assertEquals(List.of(2, 4, 2, 32, 96, 32, 65), List.of(m.n_layer(), m.n_head(), m.n_kv_head(), m.n_embd(), m.intermediate_size(), m.block_size(), m.vocab_size()));
+            assertEquals(1e-5, m.norm_eps());
+            assertEquals(10000.0, m.rope_theta());
+            assertFalse(m.bias());
+            assertEquals(0.0, m.dropout());
+        }
         // the checkpoint computes transformers' logits
         try (var scope = MemoryScope.open(); var ng = Tape.noGradScope()) {
-            Gpt m = load(ckpt);
+            CausalLm m = load(ckpt);
             m.train(false);
-            Map<String, Tensor> io = Safetensors.read(HfFixtures.fixture("gpt2_io.safetensors")).tensors();
+            Map<String, Tensor> io = Safetensors.read(HfFixtures.fixture(fixture + "_io.safetensors")).tensors();
             float[] kiln = m.forward(io.get("tokens")).toFloatArray(), want = io.get("logits").toFloatArray();
             double max = 0;
             for (int i = 0; i < want.length; i++) max = Math.max(max, Math.abs(kiln[i] - want[i]));
@@ -171,8 +207,8 @@ class HfRunTest {
         Trainer.Result r = resume(tmp.resolve("runs/fromhf"));
         assertEquals(100, r.losses().size());
         double first = mean(r.losses().subList(0, 10)), last = mean(r.losses().subList(90, 100));
-        System.out.printf("HfRunTest: transformers' random GPT-2 fine-tuned on Shakespeare: loss %.4f (first 10 steps) -> %.4f (last 10), final val %.4f%n",
-                first, last, r.finalValLoss());
+        System.out.printf("HfRunTest: transformers' random %s fine-tuned on Shakespeare: loss %.4f (first 10 steps) -> %.4f (last 10), final val %.4f%n",
+                fixture, first, last, r.finalValLoss());
         assertTrue(first > 3.5 && first < 6, "a random 65-token model starts near ln 65 = 4.17: " + first);
         assertTrue(last < first - 0.5, "the loss falls: " + first + " -> " + last);
     }
@@ -195,6 +231,39 @@ class HfRunTest {
     }
 
     @Test
+    void loraFineTunesAHuggingFaceLlamaDirectoryOverItsFrozenWeights() {
+        Path hf = HfFixtures.fixture("llama");
+        String[] shape = {"model.arch=llama", "model.bias=false", "model.n_head=4", "model.n_kv_head=2", "model.intermediate_size=96", "model.norm_eps=1e-5"};
+        Trainer.Result r = SmallRuns.train(tmp, "lora", 40, false, concat(shape, "lora.rank=4", "lora.targets=q_proj,v_proj,down_proj",
+                "lora.init_from=" + hf, "optim.learning_rate=3e-3"));
+        assertTrue(r.losses().stream().allMatch(Double::isFinite));
+        assertTrue(mean(r.losses().subList(30, 40)) < mean(r.losses().subList(0, 10)), r.losses().toString());
+        try (var scope = MemoryScope.open()) { // the frozen base is transformers' weights, bit for bit
+            Map<String, Tensor> want = HfDirectory.read(hf).tensors();
+            Map<String, Tensor> got = Safetensors.read(new CheckpointStore(r.runDir()).latest().orElseThrow().resolve(CheckpointStore.MODEL_FILE)).tensors();
+            want.forEach((k, t) -> assertArrayEquals(rawBits(t), rawBits(got.get(k)), k));
+            assertTrue(got.keySet().stream().anyMatch(k -> k.endsWith("down_proj.lora_A.weight")));
+        }
+        // a run whose Llama differs from config.json: the key is named on both sides
+        for (String[] bad : List.of(new String[]{"model.n_kv_head=1", "num_key_value_heads 2", "model.n_kv_head 1"},
+                new String[]{"model.intermediate_size=64", "intermediate_size 96", "model.intermediate_size 64"},
+                new String[]{"model.rope_theta=500000", "rope_theta 10000.0", "model.rope_theta 500000.0"},
+                new String[]{"model.norm_eps=1e-6", "rms_norm_eps 1.0E-5", "model.norm_eps 1.0E-6"})) {
+            TrainingException e = assertThrows(TrainingException.class, () -> SmallRuns.train(tmp, "bad", 5, false, concat(shape, bad[0], "lora.init_from=" + hf)));
+            assertTrue(e.getMessage().startsWith("lora.init_from") && e.getMessage().contains(bad[1]) && e.getMessage().contains(bad[2]), e.getMessage());
+        }
+        // a GPT run cannot start from a Llama directory
+        TrainingException e = assertThrows(TrainingException.class, () -> SmallRuns.train(tmp, "gpt", 5, false, "lora.init_from=" + hf));
+        assertTrue(e.getMessage().contains("holds a LlamaForCausalLM, not a GPT-2 model"), e.getMessage());
+    }
+
+    private static String[] concat(String[] a, String... b) {
+        List<String> o = new ArrayList<>(List.of(a));
+        o.addAll(List.of(b));
+        return o.toArray(String[]::new);
+    }
+
+    @Test
     void importRefusesWhatItCannotHonour() {
         Path hf = HfFixtures.fixture("gpt2");
         List<String> args = importArgs(hf, "x", 10);
@@ -209,9 +278,19 @@ class HfRunTest {
         assertEquals(2, c.code());
         assertTrue(c.err().contains("already has checkpoints"), c.err());
 
-        c = SmallRuns.cli(importArgs(HfFixtures.fixture("llama"), "l", 10).toArray(String[]::new));
+        // a tied Llama: read and validated, but Kiln's Llama config has no key for the tie
+        Path tied = HfFixtures.copy("llama", tmp);
+        HfFixtures.editConfig(tied, j -> j.put("tie_word_embeddings", true));
+        HfFixtures.editTensors(tied, t -> t.remove("lm_head.weight"));
+        c = SmallRuns.cli(importArgs(tied, "l", 10).toArray(String[]::new));
         assertEquals(2, c.code());
-        assertTrue(c.err().contains("model_type llama (LlamaForCausalLM) is read and validated"), c.err());
+        assertTrue(c.err().contains("config.json: tie_word_embeddings is true") && c.err().contains("untied Llamas only"), c.err());
+        assertEquals(1, c.err().strip().lines().count(), c.err());
+        args = importArgs(HfFixtures.fixture("llama"), "l", 10);
+        args.addAll(List.of("--set", "model.n_kv_head=4"));
+        c = SmallRuns.cli(args.toArray(String[]::new));
+        assertEquals(2, c.code());
+        assertTrue(c.err().contains("--set model.n_kv_head") && c.err().contains("model.n_kv_head=2"), c.err());
 
         c = SmallRuns.cli(importArgs(tmp.resolve("missing"), "z", 10).toArray(String[]::new));
         assertEquals(2, c.code());

@@ -6,8 +6,11 @@ import dev.kiln.autograd.Tape;
 import dev.kiln.hf.HfDirectory;
 import dev.kiln.hf.HfInterchange;
 import dev.kiln.hf.LlamaSpec;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.GptConfig;
+import dev.kiln.nn.models.Llama;
+import dev.kiln.nn.models.LlamaConfig;
 import dev.kiln.tensor.DType;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Rng;
@@ -36,8 +39,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * Kiln ↔ transformers itself, through scripts/hf_check.py: Kiln-exported GPT-2 directories load in
  * GPT2LMHeadModel with the same fp32 logits (max |Δ| ≤ 1e-4, the issue's bar), a random transformers GPT-2 imported
- * by kiln import gives transformers' logits, and the Llama directory Kiln writes (config.json and tensor list, from
- * LlamaSpec alone) loads in LlamaForCausalLM with every weight used and the config read as written. Runs only when
+ * by kiln import gives transformers' logits; the same both ways for Llama (LlamaForCausalLM: trained runs, one with
+ * LoRA merged, random GQA models, a transformers-made one imported), and the Llama directory LlamaSpec writes (tied
+ * or not) loads with every weight used and the config read as written. Runs only when
  * KILN_HF_PYTHON names a python with transformers, torch and safetensors (not in CI).
  */
 class HfTransformersTest {
@@ -80,7 +84,7 @@ class HfTransformersTest {
     }
 
     /** Writes tokens and Kiln's logits of them, as hf_check.py compare reads them. */
-    private static void writeIo(Path io, Gpt model, Tensor tokens) {
+    private static void writeIo(Path io, CausalLm model, Tensor tokens) {
         try (var ng = Tape.noGradScope()) {
             model.train(false);
             Map<String, Tensor> t = new LinkedHashMap<>();
@@ -90,9 +94,9 @@ class HfTransformersTest {
         }
     }
 
-    private static double compare(Path dir, Path io, String what) throws IOException, InterruptedException {
+    private static double compare(Path dir, Path io, String architecture, String what) throws IOException, InterruptedException {
         JsonNode r = hfCheck("compare", dir.toString(), io.toString());
-        assertEquals("GPT2LMHeadModel", r.path("model").asText());
+        assertEquals(architecture, r.path("model").asText());
         double d = r.path("max_abs_diff").asDouble(Double.NaN);
         System.out.printf("HfTransformersTest: %s: Kiln -> transformers %s, max |Δlogit| %.3g (max |logit| %.3g)%n", what, r.path("model").asText(), d,
                 r.path("max_abs_logit").asDouble());
@@ -100,36 +104,112 @@ class HfTransformersTest {
         return d;
     }
 
-    @Test
-    void kilnExportsLoadInTransformersWithTheSameLogits() throws Exception {
-        // a trained run, exported by the CLI
-        Trainer.Result run = SmallRuns.train(tmp, "base", 60, false);
-        Path hf = tmp.resolve("hf-run");
+    /** Trains a small run of the architecture {@code overrides} pick, exports it with kiln export --hf and compares it in transformers. */
+    private Path compareTrainedRun(String name, String architecture, String... overrides) throws Exception {
+        Trainer.Result run = SmallRuns.train(tmp, name, 60, false, overrides);
+        Path hf = tmp.resolve("hf-" + name);
         assertEquals(0, SmallRuns.cli("export", "--run", run.runDir().toString(), "--hf", "--out", hf.toString()).code());
         try (var scope = MemoryScope.open()) {
             Path ckpt = new CheckpointStore(run.runDir()).latest().orElseThrow();
             RunConfig cfg = ConfigLoader.fromJson(CheckpointStore.config(ckpt).toString(), ckpt.toString());
-            Gpt m = (Gpt) RunSetup.buildModel(cfg);
+            CausalLm m = RunSetup.buildModel(cfg);
             CheckpointStore.load(ckpt, m, null, List.of());
-            writeIo(tmp.resolve("run-io.safetensors"), m, tokens(2, 32, 65, 1));
+            writeIo(tmp.resolve(name + "-io.safetensors"), m, tokens(2, 32, 65, 1));
         }
-        compare(hf, tmp.resolve("run-io.safetensors"), "trained run L2 C32 T32 V65 (kiln export --hf)");
+        compare(hf, tmp.resolve(name + "-io.safetensors"), architecture, "trained " + name + " run L2 C32 T32 V65 (kiln export --hf)");
+        return run.runDir();
+    }
+
+    /** Adds N(0, 0.05²) to every parameter, so no norm gain is exactly 1 and weights are off their init. */
+    private static void perturb(CausalLm m) {
+        Rng rng = new Rng(3);
+        m.namedParameters().values().forEach(p -> {
+            for (long i = 0; i < p.numel(); i++) p.setFlat(i, p.getFlat(i) + 0.05 * rng.nextGaussian());
+        });
+    }
+
+    @Test
+    void kilnExportsLoadInTransformersWithTheSameLogits() throws Exception {
+        // a trained run, exported by the CLI
+        compareTrainedRun("gpt", "GPT2LMHeadModel");
 
         // the default job's shape and a GPT-2 BPE vocabulary, random weights with every tensor perturbed
         for (GptConfig c : List.of(new GptConfig(4, 4, 128, 64, 65, 0.0, true), new GptConfig(2, 2, 64, 64, 50257, 0.0, true))) {
             try (var scope = MemoryScope.open()) {
                 Gpt m = new Gpt(c, 7, DType.F32);
-                Rng rng = new Rng(3);
-                m.namedParameters().values().forEach(p -> {
-                    for (long i = 0; i < p.numel(); i++) p.setFlat(i, p.getFlat(i) + 0.05 * rng.nextGaussian());
-                });
+                perturb(m);
                 Path dir = tmp.resolve("hf-" + c.n_embd());
                 HfDirectory.HfModel out = HfInterchange.fromGpt(m, c.vocab_size() > 50256 ? 50256 : null);
                 HfDirectory.write(dir, out.spec(), out.tensors());
                 writeIo(tmp.resolve("io-" + c.n_embd() + ".safetensors"), m, tokens(2, c.block_size(), c.vocab_size(), 2));
-                compare(dir, tmp.resolve("io-" + c.n_embd() + ".safetensors"),
+                compare(dir, tmp.resolve("io-" + c.n_embd() + ".safetensors"), "GPT2LMHeadModel",
                         String.format("random L%d C%d T%d V%d", c.n_layer(), c.n_embd(), c.block_size(), c.vocab_size()));
             }
+        }
+    }
+
+    @Test
+    void kilnLlamaExportsLoadInTransformersWithTheSameLogits() throws Exception {
+        // a trained run (4 query heads over 1 K/V head, untied head), exported by the CLI
+        compareTrainedRun("llama", "LlamaForCausalLM", HfRunTest.LLAMA);
+        // … and one trained with LoRA adapters, which the export merges into the weights
+        List<String> lora = new ArrayList<>(List.of(HfRunTest.LLAMA));
+        lora.addAll(List.of("lora.rank=4", "lora.targets=q_proj,v_proj,gate_proj", "optim.learning_rate=3e-3"));
+        Path loraRun = compareTrainedRun("llama-lora", "LlamaForCausalLM", lora.toArray(String[]::new));
+        try (var scope = MemoryScope.open()) { // the adapters trained away from B = 0, so the merge changed the exported weights
+            Map<String, Tensor> w = Safetensors.read(new CheckpointStore(loraRun).latest().orElseThrow().resolve(CheckpointStore.MODEL_FILE)).tensors();
+            float[] b = w.get("model.layers.0.self_attn.q_proj.lora_B.weight").toFloatArray();
+            double maxB = 0;
+            for (float x : b) maxB = Math.max(maxB, Math.abs(x));
+            assertTrue(maxB > 1e-3, "lora_B max |x| " + maxB);
+        }
+
+        // llama-tiny.yaml's shape (GQA 4 over 2, SwiGLU 352), and one with another θ, ε and a GPT-2 BPE vocabulary; random weights, every tensor perturbed
+        for (LlamaConfig c : List.of(new LlamaConfig(65, 128, 352, 4, 4, 2, 64, 10000.0, 1e-5, false, 0.02),
+                new LlamaConfig(50257, 64, 160, 2, 8, 2, 64, 500000.0, 1e-6, false, 0.02))) {
+            try (var scope = MemoryScope.open()) {
+                Llama m = new Llama(c, 7, DType.F32);
+                perturb(m);
+                Path dir = tmp.resolve("llama-" + c.hidden_size());
+                HfDirectory.HfModel out = HfInterchange.fromLlama(m, c.vocab_size() > 50256 ? 50256 : null);
+                HfDirectory.write(dir, out.spec(), out.tensors());
+                Path io = tmp.resolve("llama-io-" + c.hidden_size() + ".safetensors");
+                writeIo(io, m, tokens(2, c.max_position_embeddings(), c.vocab_size(), 2));
+                compare(dir, io, "LlamaForCausalLM", String.format("random Llama L%d C%d heads %d/%d kv I%d T%d V%d theta %.0f eps %.0e", c.num_hidden_layers(),
+                        c.hidden_size(), c.num_attention_heads(), c.num_key_value_heads(), c.intermediate_size(), c.max_position_embeddings(), c.vocab_size(),
+                        c.rope_theta(), c.rms_norm_eps()));
+            }
+        }
+    }
+
+    @Test
+    void aTransformersLlamaImportsWithTheSameLogits() throws Exception {
+        Path dir = tmp.resolve("made"), io = tmp.resolve("made-io.safetensors");
+        JsonNode made = hfCheck("make", dir.toString(), io.toString(), "--model-type", "llama", "--seed", "5", "--width", "128", "--layers", "4",
+                "--heads", "4", "--kv-heads", "2", "--intermediate", "352", "--context", "64");
+        assertEquals("LlamaForCausalLM", made.path("model").asText());
+        SmallRuns.Cli c = SmallRuns.cli("import", dir.toString(), "--name", "made", "--set", "train.out_dir=" + tmp.resolve("runs"),
+                "--set", "data.dir=" + tmp.resolve("data"));
+        assertEquals(0, c.code(), c.err());
+        double max = importedLogitDiff(tmp.resolve("runs/made"), io);
+        System.out.printf("HfTransformersTest: random transformers LlamaForCausalLM L4 C128 heads 4/2 kv I352 T64 V65 -> kiln import, max |Δlogit| %.3g%n", max);
+        assertTrue(max <= 1e-4, "max |Δlogit| " + max);
+    }
+
+    /** max |Kiln − transformers| of an imported run's step-0 checkpoint on the io file's tokens. */
+    private static double importedLogitDiff(Path runDir, Path io) {
+        try (var scope = MemoryScope.open(); var ng = Tape.noGradScope()) {
+            Path ckpt = new CheckpointStore(runDir).latest().orElseThrow();
+            RunConfig cfg = ConfigLoader.fromJson(CheckpointStore.config(ckpt).toString(), ckpt.toString());
+            CausalLm m = RunSetup.buildModel(cfg);
+            CheckpointStore.load(ckpt, m, null, List.of());
+            m.train(false);
+            Map<String, Tensor> t = Safetensors.read(io).tensors();
+            float[] kiln = m.forward(t.get("tokens")).toFloatArray(), want = t.get("logits").toFloatArray();
+            assertEquals(want.length, kiln.length);
+            double max = 0;
+            for (int i = 0; i < want.length; i++) max = Math.max(max, Math.abs(kiln[i] - want[i]));
+            return max;
         }
     }
 
@@ -142,19 +222,9 @@ class HfTransformersTest {
         SmallRuns.Cli c = SmallRuns.cli("import", dir.toString(), "--name", "made", "--set", "train.out_dir=" + tmp.resolve("runs"),
                 "--set", "data.dir=" + tmp.resolve("data"));
         assertEquals(0, c.code(), c.err());
-        try (var scope = MemoryScope.open(); var ng = Tape.noGradScope()) {
-            Path ckpt = new CheckpointStore(tmp.resolve("runs/made")).latest().orElseThrow();
-            RunConfig cfg = ConfigLoader.fromJson(CheckpointStore.config(ckpt).toString(), ckpt.toString());
-            Gpt m = (Gpt) RunSetup.buildModel(cfg);
-            CheckpointStore.load(ckpt, m, null, List.of());
-            m.train(false);
-            Map<String, Tensor> t = Safetensors.read(io).tensors();
-            float[] kiln = m.forward(t.get("tokens")).toFloatArray(), want = t.get("logits").toFloatArray();
-            double max = 0;
-            for (int i = 0; i < want.length; i++) max = Math.max(max, Math.abs(kiln[i] - want[i]));
-            System.out.printf("HfTransformersTest: random transformers GPT2LMHeadModel L4 C128 T64 V65 -> kiln import, max |Δlogit| %.3g%n", max);
-            assertTrue(max <= 1e-4, "max |Δlogit| " + max);
-        }
+        double max = importedLogitDiff(tmp.resolve("runs/made"), io);
+        System.out.printf("HfTransformersTest: random transformers GPT2LMHeadModel L4 C128 T64 V65 -> kiln import, max |Δlogit| %.3g%n", max);
+        assertTrue(max <= 1e-4, "max |Δlogit| " + max);
     }
 
     @Test
