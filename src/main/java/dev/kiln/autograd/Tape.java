@@ -6,6 +6,7 @@ import dev.kiln.tensor.Tensor;
 import java.util.ArrayList;
 import java.util.IdentityHashMap;
 import java.util.List;
+import java.util.function.Consumer;
 
 /**
  * Tape-based reverse-mode autograd. Each differentiable op that sees an input requiring grad
@@ -23,12 +24,13 @@ public final class Tape {
         void apply(Tensor gradOut, Grads grads);
     }
 
-    private record Node(Tensor output, Backward fn) {}
+    private record Node(Tensor output, Backward fn, Tensor[] inputs) {}
 
     private static final ThreadLocal<Tape> CURRENT = ThreadLocal.withInitial(Tape::new);
 
     private final List<Node> nodes = new ArrayList<>();
     private int noGradDepth;
+    private Consumer<Tensor> gradReady; // called with each leaf once no later node can add to its gradient
 
     private Tape() {}
 
@@ -79,8 +81,18 @@ public final class Tape {
         if (!any) return out;
         out.requiresGrad(true);
         out.markNonLeaf();
-        t.nodes.add(new Node(out, fn));
+        t.nodes.add(new Node(out, fn, inputs));
         return out;
+    }
+
+    /**
+     * Until cleared (null), every backward on this thread calls {@code hook} with each leaf that requires grad as
+     * soon as its gradient is final: right after the earliest recorded node that takes it as an input has run
+     * (nodes run in reverse, so no later one can add to it). Data parallelism uses it to start reducing a
+     * gradient bucket while backward goes on (PyTorch DDP's autograd hooks).
+     */
+    public static void setGradReadyHook(Consumer<Tensor> hook) {
+        CURRENT.get().gradReady = hook;
     }
 
     /** Number of recorded nodes on this thread's tape (for tests and diagnostics). */
@@ -111,16 +123,36 @@ public final class Tape {
                 return;
             }
             grads.seed(output, gradOut);
+            List<List<Tensor>> readyAfter = t.gradReady == null ? null : leavesByEarliestUse(t.nodes);
             for (int i = t.nodes.size() - 1; i >= 0; i--) {
                 Node n = t.nodes.get(i);
                 Tensor g = grads.take(n.output);
-                if (g == null) continue;
-                n.fn.apply(g, grads);
-                if (g != gradOut) g.release();
+                if (g != null) {
+                    n.fn.apply(g, grads);
+                    if (g != gradOut) g.release();
+                }
+                if (readyAfter != null && readyAfter.get(i) != null) for (Tensor leaf : readyAfter.get(i)) t.gradReady.accept(leaf);
             }
         } finally {
             t.nodes.clear();
         }
+    }
+
+    /** For each node index, the grad-requiring leaves whose earliest use is that node (null where none). */
+    private static List<List<Tensor>> leavesByEarliestUse(List<Node> nodes) {
+        IdentityHashMap<Tensor, Integer> earliest = new IdentityHashMap<>();
+        for (int i = nodes.size() - 1; i >= 0; i--)
+            for (Tensor in : nodes.get(i).inputs)
+                if (in != null && in.isLeaf() && in.requiresGrad()) earliest.put(in, i);
+        List<List<Tensor>> out = new ArrayList<>(java.util.Collections.nCopies(nodes.size(), (List<Tensor>) null));
+        // in order of the nodes' inputs, so every rank of a data-parallel job sees the same order
+        for (int i = 0; i < nodes.size(); i++)
+            for (Tensor in : nodes.get(i).inputs)
+                if (in != null && earliest.get(in) != null && earliest.get(in) == i) {
+                    if (out.get(i) == null) out.set(i, new ArrayList<>());
+                    if (!out.get(i).contains(in)) out.get(i).add(in);
+                }
+        return out;
     }
 
     /** Gradient buffers of one backward pass: interior ones in a map, leaves in {@link Tensor#grad()}. */

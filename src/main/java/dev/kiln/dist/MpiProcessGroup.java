@@ -48,6 +48,11 @@ public final class MpiProcessGroup implements ProcessGroup {
         if (world != null) world.mpi.finalizeOnce();
     }
 
+    /** Ends every rank with {@code message} when MPI was started in this process and the job has more than one rank. */
+    public static synchronized void abortIfStarted(String message) {
+        if (world != null && world.size > 1) world.abort(message);
+    }
+
     /** How long any wait may take before every rank is aborted (parallel.timeout_s). */
     public static void setTimeoutSeconds(double seconds) {
         if (!(seconds > 0)) throw new IllegalArgumentException("timeout must be > 0 s, got " + seconds);

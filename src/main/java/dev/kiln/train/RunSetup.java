@@ -1,6 +1,9 @@
 package dev.kiln.train;
 
 import dev.kiln.KilnException;
+import dev.kiln.dist.DataParallel;
+import dev.kiln.dist.ShardedOptimizer;
+import dev.kiln.nn.Parameter;
 import dev.kiln.nn.Lora;
 import dev.kiln.nn.Qat;
 import dev.kiln.nn.models.Gpt;
@@ -44,10 +47,18 @@ public final class RunSetup {
 
     /** The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters (LoRA: the adapters only). */
     public static Optimizer optimizer(OptimConfig oc, Gpt model) {
+        // ZeRO (parallel.zero_stage >= 1): this rank's optimizer covers only the parameters it owns
+        DataParallel dp = DataParallel.active();
+        if (dp == null || dp.zeroStage() == 0) return optimizer(oc, model, model.trainableParameters());
+        return new ShardedOptimizer(optimizer(oc, model, dp.optimizerShard(model.trainableParameters())), dp,
+                () -> optimizer(oc, model, model.trainableParameters()));
+    }
+
+    private static Optimizer optimizer(OptimConfig oc, Gpt model, Map<String, Parameter> params) {
         // μP (model.init=mup): hidden matrices get learning rate × base_width/n_embd; see Gpt
         List<ParamGroup> groups = model.config.mup()
-                ? ParamGroup.widthScaled(model.trainableParameters(), Gpt::isHiddenMatrix, model.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
-                : ParamGroup.standard(model.trainableParameters(), oc.weight_decay(), oc.no_decay_weight_decay());
+                ? ParamGroup.widthScaled(params, Gpt::isHiddenMatrix, model.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
+                : ParamGroup.standard(params, oc.weight_decay(), oc.no_decay_weight_decay());
         return switch (oc.optimizer()) {
             case "adamw" -> new AdamW(groups, oc.beta1(), oc.beta2(), oc.eps());
             case "sgd" -> new Sgd(groups, oc.momentum(), oc.nesterov());

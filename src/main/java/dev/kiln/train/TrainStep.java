@@ -3,6 +3,7 @@ package dev.kiln.train;
 import dev.kiln.autograd.Tape;
 import dev.kiln.data.Batch;
 import dev.kiln.data.BatchSampler;
+import dev.kiln.dist.DataParallel;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.optim.GradClip;
 import dev.kiln.optim.Optimizer;
@@ -43,7 +44,8 @@ public final class TrainStep {
                                   double labelSmoothing, double zLoss, double selectFraction) {
         double loss = forwardBackward(model, batch, labelSmoothing, zLoss, selectFraction);
         if (!Double.isFinite(loss)) return new StepResult(loss, Double.NaN);
-        double norm = GradClip.clip(model.parameters(), gradClip);
+        DataParallel dp = DataParallel.active();
+        double norm = dp == null ? GradClip.clip(model.parameters(), gradClip) : dp.clip(model.parameters(), gradClip);
         if (Double.isFinite(norm)) opt.step(lr);
         model.zeroGrad();
         return new StepResult(loss, norm);
@@ -62,12 +64,16 @@ public final class TrainStep {
         try (var scope = MemoryScope.open()) {
             Tensor lossT = model.loss(Tensor.ofInts(trained.inputs(), b, t), Tensor.ofInts(trained.targets(), b, t), labelSmoothing, zLoss);
             double loss = lossT.item();
+            DataParallel dp = DataParallel.active(); // data parallel: the global batch's loss, and gradients averaged across ranks
+            if (dp != null) loss = dp.meanLoss(loss);
             if (!Double.isFinite(loss)) {
                 Tape.clear();
                 model.zeroGrad();
                 return loss;
             }
+            if (dp != null) dp.beforeBackward();
             Tape.backward(lossT);
+            if (dp != null) dp.afterBackward();
             return loss;
         }
     }
