@@ -32,10 +32,15 @@ class DataParallelTest {
     static dev.kiln.train.MemoryAccount singleMemory;
 
     static List<String> config(String name, String... extra) {
+        return config(tmp, name, extra);
+    }
+
+    /** The test run: runs and the prepared data under {@code dir}. */
+    static List<String> config(Path dir, String name, String... extra) {
         List<String> o = new ArrayList<>(List.of("model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
                 "train.batch_size=12", "train.max_iters=20", "train.eval_interval=1000", "train.final_eval_iters=0",
                 "train.checkpoint_interval=1000", "train.sample_tokens=0", "train.threads=1", "train.log_interval=1000",
-                "train.out_dir=" + tmp.resolve("runs"), "train.name=" + name, "data.dir=" + tmp.resolve("data"),
+                "train.out_dir=" + dir.resolve("runs"), "train.name=" + name, "data.dir=" + dir.resolve("data"),
                 "optim.warmup_iters=5", "optim.lr_decay_iters=20", "parallel.bucket_mb=0.01"));
         o.addAll(List.of(extra));
         return o;
@@ -136,5 +141,26 @@ class DataParallelTest {
     @Test
     void zero2OnFourRanks() throws Exception {
         shardedMemory(sameLossesAsSingleProcess(4, "zero2_np4", "parallel.zero_stage=2"), 4, true);
+    }
+
+    /**
+     * ZeRO-2 on 2 ranks for 10 steps writes one checkpoint (the optimizer state gathered from both ranks into one
+     * file); a single process resumes it and its steps 11..20 give the single-process run's losses.
+     */
+    @Test
+    void zero2CheckpointResumesInOneProcess() throws Exception {
+        var r = MpiRun.run(2, DistTrainMain.class.getName(), 150,
+                config("resume_np2_np1", "parallel.zero_stage=2", "train.max_iters=10").toArray(String[]::new));
+        List<Double> first = losses(r, 2).getFirst();
+        assertTrue(maxRelDiff(first, single.subList(0, 10)) < TOLERANCE);
+        Path ckpt = tmp.resolve("runs/resume_np2_np1/checkpoints/step-000010");
+        var state = dev.kiln.tensor.Safetensors.read(ckpt.resolve("optimizer.safetensors")).tensors();
+        long floats = state.values().stream().mapToLong(dev.kiln.tensor.Tensor::numel).sum();
+        assertEquals(singleMemory.optimizerStateBytes() / 4, floats, "the checkpoint holds the whole optimizer state, not a shard");
+        var cfg = ConfigLoader.load(null, config("resume_np2_np1"));
+        List<Double> rest = new Trainer(cfg, true, new PrintStream(new ByteArrayOutputStream()), false).run().losses();
+        double diff = maxRelDiff(rest, single.subList(10, 20));
+        System.out.printf("ZeRO-2 np 2 for 10 steps, resumed in one process for 10 more: max relative loss difference %.3g%n", diff);
+        assertTrue(diff < TOLERANCE, rest + " vs " + single.subList(10, 20));
     }
 }

@@ -14,8 +14,23 @@ import java.util.Arrays;
 public final class DistTrainMain {
     public static void main(String[] args) {
         boolean resume = Arrays.asList(args).contains("--resume");
-        var cfg = ConfigLoader.load(null, Arrays.stream(args).filter(a -> !a.equals("--resume")).toList());
-        Trainer.Result r = new Trainer(cfg, resume, new PrintStream(System.out), false).run();
+        var cfg = ConfigLoader.load(null, Arrays.stream(args).filter(a -> !a.startsWith("--")).toList());
+        int worldRank = Integer.parseInt(System.getenv().getOrDefault("OMPI_COMM_WORLD_RANK", "0"));
+        // --stall=R@S: rank R stops (sleeps) before step S, as a stuck rank would; the others must time out, not hang
+        String stall = Arrays.stream(args).filter(a -> a.startsWith("--stall=")).map(a -> a.substring(8)).findFirst().orElse(null);
+        System.out.println("PID " + worldRank + " " + ProcessHandle.current().pid());
+        Trainer trainer = new Trainer(cfg, resume, new PrintStream(System.out), false);
+        trainer.observeBatches((step, batch) -> {
+            if (step == 2) System.out.println("TRAINING " + worldRank);
+            if (stall != null && Integer.parseInt(stall.split("@")[0]) == worldRank && step == Long.parseLong(stall.split("@")[1])) {
+                try {
+                    Thread.sleep(Long.MAX_VALUE);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }
+        });
+        Trainer.Result r = trainer.run();
         int rank = ProcessGroup.world().rank();
         StringBuilder sb = new StringBuilder("LOSSES " + rank);
         for (double l : r.losses()) sb.append(' ').append(l);
