@@ -24,7 +24,11 @@ public final class Tape {
         void apply(Tensor gradOut, Grads grads);
     }
 
-    private record Node(Tensor output, Backward fn, Tensor[] inputs) {}
+    private record Node(Tensor output, Backward fn, Tensor[] inputs, Runnable marker) {
+        Node(Tensor output, Backward fn, Tensor[] inputs) {
+            this(output, fn, inputs, null);
+        }
+    }
 
     private static final ThreadLocal<Tape> CURRENT = ThreadLocal.withInitial(Tape::new);
 
@@ -86,6 +90,17 @@ public final class Tape {
     }
 
     /**
+     * Records a point in the tape: backward runs {@code atBackward} when it reaches it, i.e. after every node recorded
+     * later and before every node recorded earlier. ZeRO-3 marks each block's start and end, to gather the block's
+     * parameters before its backward nodes run and to free them after. Nothing is recorded in no-grad mode.
+     */
+    public static void mark(Runnable atBackward) {
+        Tape t = CURRENT.get();
+        if (t.noGradDepth > 0) return;
+        t.nodes.add(new Node(null, null, new Tensor[0], atBackward));
+    }
+
+    /**
      * Until cleared (null), every backward on this thread calls {@code hook} with each leaf that requires grad as
      * soon as its gradient is final: right after the earliest recorded node that takes it as an input has run
      * (nodes run in reverse, so no later one can add to it). Data parallelism uses it to start reducing a
@@ -126,6 +141,10 @@ public final class Tape {
             List<List<Tensor>> readyAfter = t.gradReady == null ? null : leavesByEarliestUse(t.nodes);
             for (int i = t.nodes.size() - 1; i >= 0; i--) {
                 Node n = t.nodes.get(i);
+                if (n.marker != null) {
+                    n.marker.run();
+                    continue;
+                }
                 Tensor g = grads.take(n.output);
                 if (g != null) {
                     n.fn.apply(g, grads);

@@ -28,6 +28,8 @@ import java.util.Map;
  *       then the parameters are all-gathered;</li>
  *   <li>stage 2: buckets are reduce-scattered instead, so each rank receives only the gradients it owns; the others
  *       are freed as soon as they are packed into a bucket; the clipping norm is summed across ranks.</li>
+ *   <li>stage 3: as stage 2, and each rank also keeps only its own parameters: a block's are all-gathered just before
+ *       it runs, in forward and in backward, and freed after ({@link ParameterSharding}).</li>
  * </ul>
  * The trainer reaches it through {@link #active()} (null in a single process), so a plain run is untouched.
  */
@@ -47,6 +49,7 @@ public final class DataParallel {
     private final IdentityHashMap<Parameter, Boolean> queued = new IdentityHashMap<>();
     private final List<MemorySegment> sendBuffers = new ArrayList<>(), recvBuffers = new ArrayList<>();
     private MemorySegment gatherSend, gatherRecv;
+    private ParameterSharding sharding; // ZeRO-3
 
     private record Bucket(List<Parameter> unpack, MemorySegment buf, Work work) {}
 
@@ -68,11 +71,16 @@ public final class DataParallel {
      * installed) when the group has a single rank.
      */
     public static DataParallel install(ProcessGroup group, Module model, int zeroStage, double bucketMb) {
-        if (zeroStage < 0 || zeroStage > 2) throw new DistException("parallel.zero_stage " + zeroStage + " is not implemented here (0, 1 or 2)");
+        if (zeroStage < 0 || zeroStage > 3) throw new DistException("parallel.zero_stage must be 0, 1, 2 or 3, got " + zeroStage);
         active = null;
         if (group.size() == 1) return null;
         DataParallel dp = new DataParallel(group, model, zeroStage, bucketMb);
         dp.checkSameWeights();
+        if (zeroStage == 3) {
+            if (!(model instanceof dev.kiln.nn.models.Gpt gpt)) throw new DistException("ZeRO-3 shards GPT models by block; got " + model.getClass().getSimpleName());
+            dp.sharding = new ParameterSharding(group, gpt, dp.params, dp.owners);
+            gpt.setUnitHook(dp.sharding);
+        }
         active = dp;
         return dp;
     }
@@ -203,6 +211,7 @@ public final class DataParallel {
         }
         inFlight.clear();
         queued.clear();
+        if (sharding != null) sharding.evictRoot();
     }
 
     private static Tensor persistentZerosLike(Tensor t) {
@@ -241,6 +250,7 @@ public final class DataParallel {
 
     /** After each rank updated its own parameters: every rank receives every parameter (one all-gather, blocks by owner). */
     public void gatherParameters() {
+        if (sharding != null) return; // ZeRO-3: each rank keeps only its own; units are gathered when they run
         List<List<String>> byOwner = new ArrayList<>();
         for (int r = 0; r < ranks; r++) byOwner.add(new ArrayList<>());
         params.keySet().forEach(n -> byOwner.get(owners.owner(n)).add(n));
@@ -297,6 +307,26 @@ public final class DataParallel {
      * ranks return {@code otherwise}. (They cannot read it before it exists: the next collective waits for rank 0.)
      */
     public <T> T saveFromLead(dev.kiln.optim.Optimizer opt, java.util.function.Function<dev.kiln.optim.Optimizer, T> save, T otherwise) {
+        if (sharding != null) { // ZeRO-3: the whole model on every rank while rank 0 writes it, then the shards again
+            sharding.gatherAll();
+            try {
+                return saveSharded(opt, save, otherwise);
+            } finally {
+                sharding.evictAll();
+            }
+        }
+        return saveSharded(opt, save, otherwise);
+    }
+
+    /**
+     * ZeRO-3: gathers every parameter on every rank (a collective), e.g. before a checkpoint is loaded into them;
+     * the next forward shards them again. No-op below stage 3.
+     */
+    public void gatherAllParameters() {
+        if (sharding != null) sharding.gatherAll();
+    }
+
+    private <T> T saveSharded(dev.kiln.optim.Optimizer opt, java.util.function.Function<dev.kiln.optim.Optimizer, T> save, T otherwise) {
         if (opt instanceof ShardedOptimizer so) {
             try (ShardedOptimizer.Consolidated all = so.consolidated()) {
                 return isLead() ? save.apply(all) : otherwise;

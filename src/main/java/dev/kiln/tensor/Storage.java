@@ -8,17 +8,20 @@ import java.lang.foreign.MemorySegment;
  * reading another tensor's data.
  */
 public final class Storage {
-    private final MemorySegment block;
+    private MemorySegment block;
+    private final long bytes;
     private final Device device;
-    private boolean released;
+    private boolean released, evicted;
 
     Storage(MemorySegment block, Device device) {
         this.block = block;
+        this.bytes = block.byteSize();
         this.device = device;
     }
 
     public MemorySegment segment() {
         if (released) throw new IllegalStateException("tensor memory was released (used after its scope closed)");
+        if (evicted) throw new IllegalStateException("tensor memory is evicted (a parameter sharded away by ZeRO-3 and not gathered)");
         return block;
     }
 
@@ -30,10 +33,35 @@ public final class Storage {
         return released;
     }
 
+    /** Whether the memory is there to use: neither released nor evicted. */
+    public boolean isResident() {
+        return !released && !evicted;
+    }
+
+    /**
+     * Hands the block back to the allocator while the tensors on it live on (ZeRO-3 frees a parameter another rank
+     * owns between uses); any use before {@link #restore} fails. Idempotent.
+     */
+    public synchronized void evict() {
+        if (released || evicted) return;
+        evicted = true;
+        HostAllocator.free(block);
+        block = null;
+    }
+
+    /** Gives an evicted storage a block again (contents undefined: the caller fills it). No-op when resident. */
+    public synchronized void restore() {
+        if (released) throw new IllegalStateException("tensor memory was released; it cannot be restored");
+        if (!evicted) return;
+        block = HostAllocator.allocate(bytes);
+        evicted = false;
+    }
+
     /** Hands the block back to the allocator (idempotent). */
     void release() {
         if (released) return;
         released = true;
-        HostAllocator.free(block);
+        if (!evicted) HostAllocator.free(block);
+        block = null;
     }
 }

@@ -37,7 +37,7 @@ public record MemoryAccount(long parameters, long parameterBytes, long trainable
         long n = 0, bytes = 0, trainable = 0, gradBytes = 0, state = 0;
         for (Parameter p : model.parameters()) {
             n += p.numel();
-            if (!p.storage().isReleased()) bytes += p.numel() * p.dtype().byteSize();
+            if (p.storage().isResident()) bytes += p.numel() * p.dtype().byteSize();
             if (p.requiresGrad()) trainable += p.numel();
             if (p.grad() != null) gradBytes += p.grad().numel() * p.grad().dtype().byteSize();
         }

@@ -53,8 +53,9 @@ final class ParallelRun {
             throw new TrainingException("train.select_fraction < 1 cannot be combined with data parallelism (each rank would pick its own hardest rows)");
         if (cfg.growth().on())
             throw new TrainingException("growth.at_step cannot be combined with data parallelism yet (the sharded parameters would change)");
-        if (pc.zero_stage() == 3)
-            throw new TrainingException("parallel.zero_stage 3 is not implemented yet (0, 1 or 2)");
+        var av = cfg.averaging();
+        if (pc.zero_stage() == 3 && (av.ema_decay() > 0 || av.swa_start() > 0 || av.lawa_k() > 0))
+            throw new TrainingException("averaging: cannot be combined with parallel.zero_stage 3 (the averages would need every parameter on every rank)");
         DataParallel dp = DataParallel.install(world, model, pc.zero_stage(), pc.bucket_mb());
         out.printf("kiln: data parallel over %d ranks, ZeRO stage %d, %s MiB gradient buckets; each rank trains %d of the %d rows of a batch%n",
                 n, pc.zero_stage(), pc.bucket_mb(), cfg.train().batch_size() / n, cfg.train().batch_size());

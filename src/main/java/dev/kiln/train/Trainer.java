@@ -195,6 +195,8 @@ public final class Trainer {
 
     private static CheckpointStore.TrainerState restore(Path checkpoint, Gpt model, Optimizer opt, List<WeightAverage> averages, BatchSampler sampler,
                                                         LayerDrop layerDrop) {
+        DataParallel dp = DataParallel.active();
+        if (dp != null) dp.gatherAllParameters(); // ZeRO-3: the checkpoint is loaded into whole parameters
         CheckpointStore.TrainerState st = CheckpointStore.load(checkpoint, model, opt, averages);
         sampler.restore(st.samplerState());
         long[] counts = st.memberTokens();

@@ -144,6 +144,37 @@ class DataParallelTest {
     }
 
     /**
+     * ZeRO-3: parameters, gradients and optimizer state all sharded; measured after the last step, each rank holds
+     * ≈ 1/N of the single process's params + grads + optimizer state (within 10%: whole parameters are owned), and
+     * the shards add up to the whole exactly.
+     */
+    static void zero3Memory(MpiRun.Result r, int np) {
+        long[][] m = memory(r, np);
+        long whole = singleMemory.trainingStateBytes(), sum = 0;
+        StringBuilder shares = new StringBuilder();
+        for (long[] rank : m) {
+            long held = rank[0] + rank[1] + rank[2];
+            sum += held;
+            double share = (double) held / whole;
+            shares.append(String.format(" %.4f", share));
+            assertTrue(Math.abs(share * np - 1) < 0.1, "rank holds " + share + " of the unsharded training state at np " + np);
+        }
+        assertEquals(whole, sum, "the shards add up to the whole");
+        System.out.println("ZeRO-3 np " + np + ": measured per-rank {param, grad, optimizer} bytes " + Arrays.deepToString(m)
+                + "; share of the unsharded " + whole + " B:" + shares);
+    }
+
+    @Test
+    void zero3OnTwoRanks() throws Exception {
+        zero3Memory(sameLossesAsSingleProcess(2, "zero3_np2", "parallel.zero_stage=3"), 2);
+    }
+
+    @Test
+    void zero3OnFourRanks() throws Exception {
+        zero3Memory(sameLossesAsSingleProcess(4, "zero3_np4", "parallel.zero_stage=3"), 4);
+    }
+
+    /**
      * ZeRO-2 on 2 ranks for 10 steps writes one checkpoint (the optimizer state gathered from both ranks into one
      * file); a single process resumes it and its steps 11..20 give the single-process run's losses.
      */
