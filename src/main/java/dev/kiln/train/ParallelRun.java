@@ -61,4 +61,21 @@ final class ParallelRun {
                 n, pc.zero_stage(), pc.bucket_mb(), cfg.train().batch_size() / n, cfg.train().batch_size());
         return dp;
     }
+
+    /**
+     * Under data parallelism, one line of what this rank handed to each kind of collective in the whole run (payload
+     * bytes, see {@link dev.kiln.dist.CommStats}) and the ring-algorithm estimate of what it sent: bench/dist.sh
+     * takes the difference of two runs of different lengths to get the bytes per step.
+     */
+    static void reportCommunication(PrintStream out) {
+        DataParallel dp = DataParallel.active();
+        if (dp == null) return;
+        var st = dp.group().stats();
+        var k = dev.kiln.dist.CommStats.Kind.class;
+        StringBuilder sb = new StringBuilder("kiln: communication {");
+        for (var kind : k.getEnumConstants())
+            sb.append('"').append(kind.name().toLowerCase()).append("\": ").append(st.bytes(kind)).append(", ");
+        sb.append("\"ring_wire_bytes\": ").append(Math.round(st.wireBytes(dp.group().size()))).append('}');
+        out.println(sb);
+    }
 }

@@ -421,6 +421,7 @@ public final class Trainer {
         out.printf("kiln: %d steps in %s (%,.0f tok/s), ended by %s; final val loss %.4f over %d batches; checkpoint %s%n",
                 losses.size(), Progress.formatDuration(Math.round(seconds)), tokPerSec, endedBy, finalVal, tc.final_eval_iters(),
                 lastCheckpoint == null ? "none" : lastCheckpoint);
+        ParallelRun.reportCommunication(out);
         if (!cfg.data().mixture().isBlank()) {
             long[] mt = sampler.memberTokens();
             long all = java.util.Arrays.stream(mt).sum();
