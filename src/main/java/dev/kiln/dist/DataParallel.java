@@ -47,11 +47,12 @@ public final class DataParallel {
     private long openElements;
     private final List<Bucket> inFlight = new ArrayList<>();
     private final IdentityHashMap<Parameter, Boolean> queued = new IdentityHashMap<>();
-    private final List<MemorySegment> sendBuffers = new ArrayList<>(), recvBuffers = new ArrayList<>();
-    private MemorySegment gatherSend, gatherRecv;
+    // communication buffers come back to this pool as soon as their bucket is unpacked, so a rank holds only
+    // those of the buckets in flight (a few bucket_mb), not a flat copy of every gradient
+    private final List<MemorySegment> freeBuffers = new ArrayList<>();
     private ParameterSharding sharding; // ZeRO-3
 
-    private record Bucket(List<Parameter> unpack, MemorySegment buf, Work work) {}
+    private record Bucket(List<Parameter> unpack, MemorySegment send, MemorySegment buf, Work work) {}
 
     private DataParallel(ProcessGroup group, Module model, int stage, double bucketMb) {
         this.group = group;
@@ -146,21 +147,44 @@ public final class DataParallel {
         open.add(p);
         openElements += p.numel();
         if (openElements * 4 >= bucketBytes) launch();
-        for (Bucket b : inFlight) b.work.test(); // Open MPI progresses only inside MPI calls
+        poll();
+    }
+
+    /** Lets MPI progress (Open MPI moves transfers only inside MPI calls) and unpacks the buckets that completed. */
+    private void poll() {
+        for (var it = inFlight.iterator(); it.hasNext(); ) {
+            Bucket b = it.next();
+            if (b.work.test()) {
+                unpack(b);
+                it.remove();
+            }
+        }
+    }
+
+    /** Writes a completed bucket's averaged gradients back (stage ≥ 2: the owned ones) and frees its buffers. */
+    private void unpack(Bucket b) {
+        long at = 0;
+        float scale = 1f / ranks;
+        for (Parameter p : b.unpack) {
+            if (p.grad() == null) p.setGrad(persistentZerosLike(p));
+            FlatF32.unpack(b.buf, at, p.grad(), scale, names.get(p));
+            at += p.numel();
+        }
+        freeBuffers.add(b.send);
+        if (b.buf != b.send) freeBuffers.add(b.buf);
     }
 
     private void launch() {
         if (open.isEmpty()) return;
-        int idx = inFlight.size();
         List<Parameter> order = new ArrayList<>(open);
-        MemorySegment send = buffer(sendBuffers, idx, openElements);
+        MemorySegment send = buffer(openElements);
         if (stage < 2) {
             long at = 0;
             for (Parameter p : order) {
                 FlatF32.pack(p.grad(), p.numel(), send, at, names.get(p));
                 at += p.numel();
             }
-            inFlight.add(new Bucket(order, send, group.allReduceAsync(send, (int) openElements)));
+            inFlight.add(new Bucket(order, send, send, group.allReduceAsync(send, (int) openElements)));
         } else {
             order.sort(java.util.Comparator.comparingInt(p -> owners.owner(names.get(p)))); // stable: ready order within a rank
             int[] counts = new int[ranks];
@@ -177,18 +201,22 @@ public final class DataParallel {
                     p.setGrad(null);
                 }
             }
-            MemorySegment recv = buffer(recvBuffers, idx, Math.max(1, counts[rank]));
-            inFlight.add(new Bucket(mine, recv, group.reduceScatterAsync(send, recv, counts)));
+            MemorySegment recv = buffer(Math.max(1, counts[rank]));
+            inFlight.add(new Bucket(mine, send, recv, group.reduceScatterAsync(send, recv, counts)));
         }
         open.clear();
         openElements = 0;
     }
 
-    private static MemorySegment buffer(List<MemorySegment> pool, int idx, long elements) {
-        while (pool.size() <= idx) pool.add(null);
-        MemorySegment s = pool.get(idx);
-        if (s == null || s.byteSize() < elements * 4) pool.set(idx, s = Arena.ofAuto().allocate(elements * 4, 64));
-        return s;
+    /** A free buffer of at least {@code elements} floats (the smallest that fits), or a new one. */
+    private MemorySegment buffer(long elements) {
+        int best = -1;
+        for (int i = 0; i < freeBuffers.size(); i++) {
+            long size = freeBuffers.get(i).byteSize();
+            if (size >= elements * 4 && (best < 0 || size < freeBuffers.get(best).byteSize())) best = i;
+        }
+        if (best >= 0) return freeBuffers.remove(best);
+        return Arena.ofAuto().allocate(Math.max(elements * 4, Math.min(bucketBytes, 4L * Integer.MAX_VALUE / 2)), 64);
     }
 
     /**
@@ -199,15 +227,9 @@ public final class DataParallel {
         Tape.setGradReadyHook(null);
         for (Parameter p : params.values()) if (!queued.containsKey(p)) ready(p);
         launch();
-        float scale = 1f / ranks;
         for (Bucket b : inFlight) {
             b.work.await();
-            long at = 0;
-            for (Parameter p : b.unpack) {
-                if (p.grad() == null) p.setGrad(persistentZerosLike(p));
-                FlatF32.unpack(b.buf, at, p.grad(), scale, names.get(p));
-                at += p.numel();
-            }
+            unpack(b);
         }
         inFlight.clear();
         queued.clear();
@@ -248,34 +270,47 @@ public final class DataParallel {
         return stage == 0 ? trainable : owners.ownedBy(rank, trainable);
     }
 
-    /** After each rank updated its own parameters: every rank receives every parameter (one all-gather, blocks by owner). */
+    /**
+     * After each rank updated its own parameters: every rank receives every parameter, in all-gathers of about
+     * bucket_mb each (consecutive parameters in model order, each rank's block packed by owner), so the buffers
+     * stay the size of a bucket.
+     */
     public void gatherParameters() {
         if (sharding != null) return; // ZeRO-3: each rank keeps only its own; units are gathered when they run
-        List<List<String>> byOwner = new ArrayList<>();
-        for (int r = 0; r < ranks; r++) byOwner.add(new ArrayList<>());
-        params.keySet().forEach(n -> byOwner.get(owners.owner(n)).add(n));
+        List<String> chunk = new ArrayList<>();
+        long elements = 0;
+        for (var e : params.entrySet()) {
+            chunk.add(e.getKey());
+            elements += e.getValue().numel();
+            if (elements * 4 >= bucketBytes) {
+                gatherChunk(chunk, elements);
+                chunk.clear();
+                elements = 0;
+            }
+        }
+        if (!chunk.isEmpty()) gatherChunk(chunk, elements);
+    }
+
+    private void gatherChunk(List<String> chunk, long elements) {
         int[] counts = new int[ranks];
-        long total = 0;
-        for (int r = 0; r < ranks; r++) {
-            counts[r] = (int) owners.elements(r);
-            total += counts[r];
-        }
-        if (gatherRecv == null || gatherRecv.byteSize() < total * 4) {
-            gatherRecv = Arena.ofAuto().allocate(total * 4, 64);
-            gatherSend = Arena.ofAuto().allocate(Math.max(4, counts[rank] * 4L), 64);
-        }
+        for (String n : chunk) counts[owners.owner(n)] += (int) params.get(n).numel();
+        MemorySegment send = buffer(Math.max(1, counts[rank])), recv = buffer(elements);
         long at = 0;
-        for (String n : byOwner.get(rank)) {
-            FlatF32.pack(params.get(n), params.get(n).numel(), gatherSend, at, n);
-            at += params.get(n).numel();
-        }
-        group.allGather(gatherSend, gatherRecv, counts);
-        at = 0;
-        for (int r = 0; r < ranks; r++)
-            for (String n : byOwner.get(r)) {
-                if (r != rank) FlatF32.unpack(gatherRecv, at, params.get(n), 1f, n);
+        for (String n : chunk)
+            if (owners.owner(n) == rank) {
+                FlatF32.pack(params.get(n), params.get(n).numel(), send, at, n);
                 at += params.get(n).numel();
             }
+        group.allGather(send, recv, counts);
+        at = 0;
+        for (int r = 0; r < ranks; r++)
+            for (String n : chunk) {
+                if (owners.owner(n) != r) continue;
+                if (r != rank) FlatF32.unpack(recv, at, params.get(n), 1f, n);
+                at += params.get(n).numel();
+            }
+        freeBuffers.add(send);
+        freeBuffers.add(recv);
     }
 
     /** Every rank must start from the same weights (same seed, same checkpoint): compares a checksum of all of them. */

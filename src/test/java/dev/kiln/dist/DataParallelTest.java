@@ -166,7 +166,11 @@ class DataParallelTest {
 
     @Test
     void zero3OnTwoRanks() throws Exception {
-        zero3Memory(sameLossesAsSingleProcess(2, "zero3_np2", "parallel.zero_stage=3"), 2);
+        // with an evaluation at step 10 and a final sample: forwards without grad gather and evict the blocks too
+        var r = sameLossesAsSingleProcess(2, "zero3_np2", "parallel.zero_stage=3", "train.eval_interval=10", "train.eval_iters=2",
+                "train.sample_tokens=5");
+        assertTrue(r.output().contains("step 10: val loss"), r.output());
+        zero3Memory(r, 2);
     }
 
     @Test

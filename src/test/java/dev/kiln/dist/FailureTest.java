@@ -36,7 +36,7 @@ class FailureTest {
         r.output().lines().filter(l -> l.contains("rank 1") || l.contains("noticed")).forEach(l -> System.out.println("  | " + l));
         assertNotEquals(0, r.exitCode(), r.output());
         assertTrue(seconds < 60, "took " + seconds + " s");
-        assertTrue(r.output().contains("rank 1"), "the error names the dead rank:\n" + r.output());
+        assertTrue(r.output().contains("process rank 1"), "mpirun names the dead rank:\n" + r.output());
     }
 
     @Test
