@@ -1,6 +1,8 @@
 package dev.kiln.autograd;
 
+import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
+import dev.kiln.tensor.MemoryTracker;
 import dev.kiln.tensor.Tensor;
 
 import java.util.ArrayList;
@@ -110,6 +112,35 @@ public final class Tape {
         CURRENT.get().gradReady = hook;
     }
 
+    /**
+     * Records on a fresh tape of this thread's own, with grad mode on, until closed; then the enclosing tape is
+     * current again. A recomputation inside backward records and backpropagates its nodes there, apart from
+     * the tape being walked.
+     */
+    public static Nested nested() {
+        Tape outer = CURRENT.get();
+        CURRENT.set(new Tape());
+        return new Nested(outer);
+    }
+
+    /** An open nested tape; closing it drops what it still holds and restores the enclosing tape. */
+    public static final class Nested implements AutoCloseable {
+        private final Tape outer;
+        private boolean closed;
+
+        private Nested(Tape outer) {
+            this.outer = outer;
+        }
+
+        @Override
+        public void close() {
+            if (!closed) {
+                closed = true;
+                CURRENT.set(outer);
+            }
+        }
+    }
+
     /** Number of recorded nodes on this thread's tape (for tests and diagnostics). */
     public static int size() {
         return CURRENT.get().nodes.size();
@@ -132,7 +163,7 @@ public final class Tape {
         Tape t = CURRENT.get();
         if (!output.requiresGrad()) throw new IllegalStateException("backward() on a tensor that does not require grad");
         Grads grads = new Grads();
-        try (var ignored = noGradScope()) {
+        try (var ignored = noGradScope(); var a = MemoryTracker.attribute(MemoryCategory.TEMPORARIES)) {
             if (output.isLeaf()) {
                 grads.accumulate(output, gradOut);
                 return;
@@ -193,7 +224,7 @@ public final class Tape {
             if (t.isLeaf()) {
                 Tensor g = t.grad();
                 if (g == null) {
-                    try (var s = MemoryScope.persistent()) {
+                    try (var s = MemoryScope.persistent(); var a = MemoryTracker.attribute(MemoryCategory.GRADIENTS)) {
                         g = Tensor.zeros(t.dtype(), t.shape());
                     }
                     t.setGrad(g);

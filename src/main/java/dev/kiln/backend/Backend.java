@@ -58,6 +58,33 @@ public interface Backend {
     void layerNormBackward(Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor gradOut,
                            Tensor gradX, Tensor gradWeight, Tensor gradBias);
 
+    /** Row-wise RMS norm over the last dimension: out = x·rstd·weight, rstd = 1/√(mean(x²) + eps) saved per row. */
+    void rmsNorm(Tensor x, Tensor weight, double eps, Tensor out, Tensor rstd);
+
+    /** Accumulates into gradX and gradWeight; either may be null (not needed). */
+    void rmsNormBackward(Tensor x, Tensor weight, Tensor rstd, Tensor gradOut, Tensor gradX, Tensor gradWeight);
+
+    /**
+     * Rotary position embedding, Hugging Face's rotate_half convention: x (…, T, W) with W = heads·headDim,
+     * each head's halves rotated by the angles of its row's position (the row index mod T): out = x·cos +
+     * rotate_half(x)·sin with cos, sin (T, headDim/2) (the second half of a head reuses the first's angles).
+     */
+    void rope(Tensor x, int headDim, Tensor cos, Tensor sin, Tensor out);
+
+    /** gradX += the inverse rotation of gradOut. */
+    void ropeBackward(Tensor gradOut, int headDim, Tensor cos, Tensor sin, Tensor gradX);
+
+    /** out = silu(x) = x·σ(x). */
+    void silu(Tensor x, Tensor out);
+
+    void siluBackward(Tensor x, Tensor gradOut, Tensor gradIn);
+
+    /** out = silu(gate)·up elementwise (Llama's SwiGLU MLP, fused). */
+    void swiglu(Tensor gate, Tensor up, Tensor out);
+
+    /** gradGate += gradOut·up·silu'(gate), gradUp += gradOut·silu(gate); either may be null. */
+    void swigluBackward(Tensor gate, Tensor up, Tensor gradOut, Tensor gradGate, Tensor gradUp);
+
     /**
      * Row-wise softmax over the last dimension (rows of length n). With {@code causal}, rows are
      * grouped in blocks of n and row i of a block sees only columns 0..i (the rest are 0).

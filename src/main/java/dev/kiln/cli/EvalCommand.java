@@ -39,7 +39,7 @@ final class EvalCommand implements Callable<Integer> {
         PreparedData data = Workspace.prepareData(rc.config().data());
         int n = batches != null ? batches : rc.config().train().final_eval_iters();
         try (TokenShard val = data.openVal()) {
-            double loss = Evaluation.evaluate(rc.model(), val, rc.config().train().batch_size(), rc.model().config.block_size(), n, rc.config().train().seed() + 1);
+            double loss = Evaluation.evaluate(rc.model(), val, rc.config().train().batch_size(), rc.model().blockSize(), n, rc.config().train().seed() + 1);
             System.out.printf("val loss %.4f over %d batches (%s, %s weights)%n", loss, n, rc.checkpoint(), weights);
         }
         return 0;

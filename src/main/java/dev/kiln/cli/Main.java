@@ -8,7 +8,7 @@ import picocli.CommandLine.Command;
 @Command(name = "kiln", mixinStandardHelpOptions = true, version = "kiln 0.1.0",
         description = "Efficient training of deep-learning models from Java.",
         subcommands = {TrainCommand.class, PrepareCommand.class, SampleCommand.class, EvalCommand.class, BenchCommand.class,
-                BenchGemmCommand.class, PlotLrCommand.class, ReportCommand.class, CompareCommand.class, ExportCommand.class})
+                BenchGemmCommand.class, PlotLrCommand.class, ReportCommand.class, CompareCommand.class, ExportCommand.class, ImportCommand.class, PlanCommand.class})
 public final class Main implements Runnable {
 
     @Override

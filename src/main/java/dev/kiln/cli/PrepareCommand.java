@@ -72,7 +72,7 @@ final class PrepareCommand implements Callable<Integer> {
                     max = Math.max(max, v);
                 }
                 System.out.printf("kiln: scored %,d windows of %d tokens of %s under %s in %.1f s: mean loss %.4f (min %.4f, max %.4f) → %s%n",
-                        s.length, rc.model().config.block_size(), train.path(), rc.checkpoint(), (System.nanoTime() - t0) / 1e9, mean, min, max, file);
+                        s.length, rc.model().blockSize(), train.path(), rc.checkpoint(), (System.nanoTime() - t0) / 1e9, mean, min, max, file);
             }
         }
         return 0;

@@ -1,7 +1,7 @@
 package dev.kiln.cli;
 
 import dev.kiln.data.Tokenizer;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.Qat;
 import dev.kiln.train.CheckpointStore;
 import dev.kiln.train.RunSetup;
@@ -13,7 +13,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 
 /** A trained model loaded from a run directory (or a checkpoint directory inside one). */
-record RunCheckpoint(RunConfig config, Gpt model, Tokenizer tokenizer, Path checkpoint) {
+record RunCheckpoint(RunConfig config, CausalLm model, Tokenizer tokenizer, Path checkpoint) {
 
     static RunCheckpoint load(Path runOrCheckpoint) {
         Path checkpoint = runOrCheckpoint;
@@ -30,7 +30,7 @@ record RunCheckpoint(RunConfig config, Gpt model, Tokenizer tokenizer, Path chec
         Tokenizer tok = Tokenizer.load(tokFile);
         if (cfg.model().vocab_size() <= 0)
             throw new TrainingException(checkpoint.resolve(CheckpointStore.STATE_FILE) + ": config has model.vocab_size " + cfg.model().vocab_size() + "; a trained model needs its vocabulary size");
-        Gpt model = RunSetup.buildModel(cfg); // with its LoRA adapters and fake quantisation, as it was trained
+        CausalLm model = RunSetup.buildModel(cfg); // with its LoRA adapters and fake quantisation, as it was trained
         int depth = CheckpointStore.depth(checkpoint, model.depth());
         if (depth > model.depth()) model.grow(depth, cfg.growth().method(), cfg.train().seed()); // a run that grew (growth:): its weights overwrite these
         var state = CheckpointStore.load(checkpoint, model, null, java.util.List.of());

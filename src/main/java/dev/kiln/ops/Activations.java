@@ -6,7 +6,7 @@ import dev.kiln.backend.Backend.BinaryOp;
 import dev.kiln.tensor.Rng;
 import dev.kiln.tensor.Tensor;
 
-/** GELU (tanh form), softmax over the last dimension, dropout. */
+/** GELU (tanh form), SiLU and SwiGLU, softmax over the last dimension, dropout. */
 public final class Activations {
     private Activations() {}
 
@@ -18,6 +18,28 @@ public final class Activations {
         return Tape.record(out, (g, grads) -> {
             if (grads.wants(x)) be.geluBackward(xc, g, grads.buffer(x));
         }, x);
+    }
+
+    /** silu(x) = x·σ(x) (a.k.a. swish). */
+    public static Tensor silu(Tensor x) {
+        Tensor xc = x.contiguous();
+        Tensor out = Tensor.empty(x.dtype(), x.shape());
+        Backend be = Backend.of(x);
+        be.silu(xc, out);
+        return Tape.record(out, (g, grads) -> {
+            if (grads.wants(x)) be.siluBackward(xc, g, grads.buffer(x));
+        }, x);
+    }
+
+    /** silu(gate)·up elementwise in one kernel: the gated unit of Llama's MLP (Shazeer 2020's SwiGLU). */
+    public static Tensor swiglu(Tensor gate, Tensor up) {
+        if (!gate.sameShape(up)) throw new IllegalArgumentException("swiglu needs gate and up of equal shape, got " + gate.shapeString() + " and " + up.shapeString());
+        Tensor gc = gate.contiguous(), uc = up.contiguous();
+        Tensor out = Tensor.empty(gate.dtype(), gate.shape());
+        Backend be = Backend.of(gate);
+        be.swiglu(gc, uc, out);
+        return Tape.record(out, (g, grads) -> be.swigluBackward(gc, uc, g,
+                grads.wants(gate) ? grads.buffer(gate) : null, grads.wants(up) ? grads.buffer(up) : null), gate, up);
     }
 
     public static Tensor softmax(Tensor x) {

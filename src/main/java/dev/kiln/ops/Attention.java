@@ -66,6 +66,49 @@ public final class Attention {
         }, qkv);
     }
 
+    /**
+     * Causal grouped-query attention (Ainslie et al. 2023) on unpacked projections: q (B, T, nHead·D), k and
+     * v (B, T, nKvHead·D) → (B, T, nHead·D), query head h attending with K/V head h / (nHead/nKvHead), as
+     * Hugging Face's repeat_kv. It reuses the packed kernel: K/V heads are repeated into a (B, T, 3C) buffer
+     * (a copy of 3C per token, small beside the projections), and the backward sums each repeated head's
+     * gradient back into its K/V head. nKvHead = nHead is plain multi-head attention.
+     */
+    public static Tensor causalGroupedQueryAttention(Tensor q, Tensor k, Tensor v, int nHead, int nKvHead) {
+        if (q.dim() != 3 || k.dim() != 3 || !k.sameShape(v) || q.size(0) != k.size(0) || q.size(1) != k.size(1))
+            throw new IllegalArgumentException("grouped-query attention needs q (B, T, H·D) and k, v (B, T, Hkv·D), got "
+                    + q.shapeString() + ", " + k.shapeString() + ", " + v.shapeString());
+        if (nKvHead < 1 || nHead % nKvHead != 0)
+            throw new IllegalArgumentException("grouped-query attention needs n_head (" + nHead + ") divisible by n_kv_head (" + nKvHead + ")");
+        int b = q.size(0), t = q.size(1), c = q.size(2);
+        if (c % nHead != 0 || k.size(2) * nHead != c * nKvHead)
+            throw new IllegalArgumentException("grouped-query attention: q width " + c + " for " + nHead + " heads and k width " + k.size(2)
+                    + " for " + nKvHead + " heads do not give one head size");
+        int d = c / nHead, group = nHead / nKvHead;
+        Tensor qkv = Tensor.empty(q.dtype(), b, t, 3 * c);
+        qkv.sliceView(2, 0, c).copyFrom(q);
+        for (int h = 0; h < nHead; h++) { // query head h reads K/V head h / group
+            int kv = h / group;
+            qkv.sliceView(2, c + h * d, c + (h + 1) * d).copyFrom(k.sliceView(2, kv * d, (kv + 1) * d));
+            qkv.sliceView(2, 2 * c + h * d, 2 * c + (h + 1) * d).copyFrom(v.sliceView(2, kv * d, (kv + 1) * d));
+        }
+        Tensor out = Tensor.empty(q.dtype(), b, t, c);
+        Tensor probs = Tensor.empty(q.dtype(), b, nHead, t, t);
+        Backend be = Backend.of(q);
+        be.attention(qkv, nHead, out, probs);
+        return Tape.record(out, (g, grads) -> {
+            if (!grads.wants(q) && !grads.wants(k) && !grads.wants(v)) return;
+            Tensor gqkv = Tensor.zeros(q.dtype(), b, t, 3 * c);
+            be.attentionBackward(qkv, nHead, probs, g, gqkv);
+            if (grads.wants(q)) be.accumulate(grads.buffer(q), gqkv.sliceView(2, 0, c));
+            for (int h = 0; h < nHead; h++) { // the group's gradients add up in its K/V head
+                int kv = h / group;
+                if (grads.wants(k)) be.accumulate(grads.buffer(k).sliceView(2, kv * d, (kv + 1) * d), gqkv.sliceView(2, c + h * d, c + (h + 1) * d));
+                if (grads.wants(v)) be.accumulate(grads.buffer(v).sliceView(2, kv * d, (kv + 1) * d), gqkv.sliceView(2, 2 * c + h * d, 2 * c + (h + 1) * d));
+            }
+            gqkv.release();
+        }, q, k, v);
+    }
+
     /** A contiguous (B, H, r, c) tensor as B·H matrices of r × c. */
     private static Mat rows(Tensor x, int r, int c) {
         return new Mat(x, x.offset(), (long) r * c, c, 1);

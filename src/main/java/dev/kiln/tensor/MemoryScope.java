@@ -48,6 +48,11 @@ public final class MemoryScope implements AutoCloseable {
         owned.remove(t.storage());
     }
 
+    /** Hands {@code t}'s memory to the innermost open scope (after {@link #detach} from an inner one that closed). */
+    public static void adopt(Tensor t) {
+        register(t.storage());
+    }
+
     @Override
     public void close() {
         if (closed) return;

@@ -11,12 +11,21 @@ public final class Storage {
     private MemorySegment block;
     private final long bytes;
     private final Device device;
+    private MemoryCategory category;
     private boolean released, evicted;
 
+    /** Charges the block to this thread's current {@link MemoryCategory}. */
     Storage(MemorySegment block, Device device) {
         this.block = block;
         this.bytes = block.byteSize();
         this.device = device;
+        this.category = MemoryTracker.current();
+        MemoryTracker.allocated(device, category, block.byteSize());
+    }
+
+    /** What the memory was attributed to when it was allocated. */
+    public MemoryCategory category() {
+        return category;
     }
 
     public MemorySegment segment() {
@@ -45,6 +54,7 @@ public final class Storage {
     public synchronized void evict() {
         if (released || evicted) return;
         evicted = true;
+        MemoryTracker.freed(device, category, bytes);
         HostAllocator.free(block);
         block = null;
     }
@@ -54,14 +64,26 @@ public final class Storage {
         if (released) throw new IllegalStateException("tensor memory was released; it cannot be restored");
         if (!evicted) return;
         block = HostAllocator.allocate(bytes);
+        MemoryTracker.allocated(device, category, bytes);
         evicted = false;
+    }
+
+    /** Moves the block's bytes to another category (memory whose role changed, e.g. a kept recompute output). */
+    void reattribute(MemoryCategory to) {
+        if (released || evicted || to == category) return;
+        MemoryTracker.freed(device, category, bytes);
+        MemoryTracker.allocated(device, to, bytes);
+        category = to;
     }
 
     /** Hands the block back to the allocator (idempotent). */
     void release() {
         if (released) return;
         released = true;
-        if (!evicted) HostAllocator.free(block);
+        if (!evicted) {
+            MemoryTracker.freed(device, category, bytes);
+            HostAllocator.free(block);
+        }
         block = null;
     }
 }

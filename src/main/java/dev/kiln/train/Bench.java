@@ -4,7 +4,7 @@ import dev.kiln.backend.cpu.CpuBackend;
 import dev.kiln.data.BatchSampler;
 import dev.kiln.data.PreparedData;
 import dev.kiln.data.TokenShard;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.GptConfig;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.LrSchedule;
@@ -28,31 +28,33 @@ public final class Bench {
 
     public static Map<String, Object> run(RunConfig cfg, int warmupSteps, int steps) {
         CpuBackend.configure(cfg.train().threads());
+        MemoryPeaks memory = MemoryPeaks.start(); // from before the model: parameters and optimizer state count too
         PreparedData data = Workspace.prepareData(cfg.data());
         GptConfig mc = cfg.model().vocab_size() > 0 ? cfg.model() : cfg.model().withVocabSize(data.tokenizer().vocabSize());
         OptimConfig oc = cfg.optim();
-        Gpt model = RunSetup.buildModel(cfg.withModel(mc)); // LoRA and QAT as configured (lora.init_from is not loaded: speed does not depend on it)
+        CausalLm model = RunSetup.buildModel(cfg.withModel(mc)); // LoRA and QAT as configured (lora.init_from is not loaded: speed does not depend on it)
         Optimizer opt = RunSetup.optimizer(oc, model);
         MemoryAccount account = MemoryAccount.of(model, opt);
+        memory.restart();
         LrSchedule schedule = LrSchedule.of(oc.schedule(), oc.learning_rate(), oc.min_lr(), oc.warmup_iters(), oc.decay_fraction());
-        int b = cfg.train().batch_size(), t = mc.block_size();
+        int b = cfg.train().batch_size(), t = mc.block_size(), k = cfg.train().grad_accum_steps();
         try (TokenShard shard = data.openTrain()) {
             BatchSampler sampler = new BatchSampler(shard, b, t, cfg.train().seed());
             double lossFirst = Double.NaN, lossLast = Double.NaN;
             for (int i = 0; i < warmupSteps; i++) {
-                double l = TrainStep.step(model, opt, sampler, schedule.lr(i, oc.lr_decay_iters()), oc.grad_clip()).loss();
+                double l = step(model, opt, sampler, k, b, t, schedule.lr(i, oc.lr_decay_iters()), oc.grad_clip());
                 if (i == 0) lossFirst = l;
             }
             long fresh0 = HostAllocator.freshAllocations(), gc0 = Trainer.gcMillis();
             long t0 = System.nanoTime();
             for (int i = 0; i < steps; i++) {
-                lossLast = TrainStep.step(model, opt, sampler, schedule.lr(warmupSteps + i, oc.lr_decay_iters()), oc.grad_clip()).loss();
+                lossLast = step(model, opt, sampler, k, b, t, schedule.lr(warmupSteps + i, oc.lr_decay_iters()), oc.grad_clip());
                 if (warmupSteps == 0 && i == 0) lossFirst = lossLast;
             }
             double seconds = (System.nanoTime() - t0) / 1e9;
             Map<String, Object> r = new LinkedHashMap<>();
             r.put("impl", "kiln");
-            r.put("tok_per_s", steps * (double) b * t / seconds);
+            r.put("tok_per_s", steps * (double) k * b * t / seconds);
             r.put("ms_per_step", seconds * 1000 / steps);
             r.put("peak_rss_mib", peakRssMib());
             r.put("steps", steps);
@@ -67,6 +69,10 @@ public final class Bench {
             r.put("n_embd", mc.n_embd());
             r.put("block_size", mc.block_size());
             r.put("batch_size", b);
+            r.put("grad_accum_steps", k);
+            r.put("recompute", model.recompute().key());
+            for (var c : dev.kiln.tensor.MemoryCategory.values()) r.put("mem_peak_" + c.key(), memory.peak(c));
+            r.put("mem_peak_total", memory.peakTotal());
             r.put("vocab_size", mc.vocab_size());
             r.put("params", model.parameterCount());
             r.put("trainable_params", account.trainableParameters());
@@ -74,6 +80,11 @@ public final class Bench {
             r.put("grad_bytes", account.gradientBytes());
             return r;
         }
+    }
+
+    /** One optimizer step over k micro-batches of b sequences (plain cross-entropy), as the Trainer runs it; its loss. */
+    private static double step(CausalLm model, Optimizer opt, BatchSampler sampler, int k, int b, int t, double lr, double clip) {
+        return GradAccumulation.step(model, opt, GradAccumulation.draw(sampler, k, b, t, 1.0), lr, clip, 0, 0, 1.0).loss();
     }
 
     /** VmHWM from /proc (Linux): the process's peak resident set, Java heap and off-heap alike. */

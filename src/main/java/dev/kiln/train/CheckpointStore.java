@@ -4,8 +4,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.kiln.KilnException;
-import dev.kiln.nn.models.Gpt;
-import dev.kiln.nn.models.GptHfFormat;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.WeightAverage;
 import dev.kiln.tensor.Tensor;
@@ -26,7 +25,7 @@ import java.util.stream.Stream;
 
 /**
  * Checkpoints of one run: {@code checkpoints/step-NNNNNN/} holding model.safetensors (Hugging Face
- * GPT-2 names and layout), optimizer.safetensors (the optimizer's state, its name in the metadata),
+ * names and layout of the architecture: GPT-2's or LlamaForCausalLM's), optimizer.safetensors (the optimizer's state, its name in the metadata),
  * averages.safetensors when weight averaging is on (EMA / SWA / LAWA weights, sample counts in the
  * metadata) and trainer.json (step, data position, RNG states, budget and early-stopping state,
  * checksums of the other files, config). A checkpoint is built in a temporary directory and renamed into
@@ -77,14 +76,14 @@ public final class CheckpointStore {
     }
 
     /** Writes a checkpoint for {@code state.step()} and prunes all but the newest {@code keep}. */
-    public Path save(Gpt model, Optimizer optimizer, List<WeightAverage> averages, TrainerState state, JsonNode config, int keep) {
+    public Path save(CausalLm model, Optimizer optimizer, List<WeightAverage> averages, TrainerState state, JsonNode config, int keep) {
         Path target = stepDirectory(state.step());
         Path tmp = dir.resolve(".tmp-" + target.getFileName());
         try {
             Files.createDirectories(dir);
             deleteTree(tmp);
             Files.createDirectories(tmp);
-            Safetensors.write(tmp.resolve(MODEL_FILE), GptHfFormat.export(model), Map.of("format", "pt"));
+            Safetensors.write(tmp.resolve(MODEL_FILE), model.hfStateDict(), Map.of("format", "pt"));
             pause();
             Safetensors.write(tmp.resolve(OPTIMIZER_FILE), optimizer.stateDict(),
                     Map.of("step", Long.toString(optimizer.stepCount()), "optimizer", optimizer.name()));
@@ -221,7 +220,7 @@ public final class CheckpointStore {
      * Restores model, optimizer (if given) and weight averages from a checkpoint directory; returns the
      * trainer state. The checkpoint must hold state for exactly the optimizer and averages given.
      */
-    public static TrainerState load(Path checkpoint, Gpt model, Optimizer optimizerOrNull, List<WeightAverage> averages) {
+    public static TrainerState load(Path checkpoint, CausalLm model, Optimizer optimizerOrNull, List<WeightAverage> averages) {
         String fault = verify(checkpoint);
         if (fault != null) throw new TrainingException("checkpoint " + checkpoint + " failed verification: " + fault);
         JsonNode st;
@@ -250,7 +249,7 @@ public final class CheckpointStore {
                     + " blocks (a grown model is rebuilt at its recorded depth before loading)");
         try (var scope = MemoryScope.open()) {
             Path modelFile = checkpoint.resolve(MODEL_FILE);
-            GptHfFormat.load(model, Safetensors.read(modelFile).tensors(), modelFile.toString());
+            model.loadHfStateDict(Safetensors.read(modelFile).tensors(), modelFile.toString());
             if (optimizerOrNull != null) {
                 Path optFile = checkpoint.resolve(OPTIMIZER_FILE);
                 Safetensors.Loaded opt = Safetensors.read(optFile);

@@ -4,7 +4,7 @@ import dev.kiln.autograd.Tape;
 import dev.kiln.data.Batch;
 import dev.kiln.data.BatchSampler;
 import dev.kiln.data.TokenShard;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Tensor;
 
@@ -19,7 +19,7 @@ public final class Evaluation {
      * {@link #evaluate} with the model's weights temporarily replaced by {@code weights} (an average),
      * restored afterwards.
      */
-    public static double evaluateWith(Gpt model, Map<String, Tensor> weights, TokenShard shard, int b, int t, int iters, long seed) {
+    public static double evaluateWith(CausalLm model, Map<String, Tensor> weights, TokenShard shard, int b, int t, int iters, long seed) {
         var params = model.namedParameters();
         try (var scope = MemoryScope.open()) {
             Map<String, Tensor> saved = new LinkedHashMap<>();
@@ -36,7 +36,7 @@ public final class Evaluation {
     }
 
     /** Mean loss over {@code iters} validation batches drawn with a fixed seed (the same batches every time). */
-    public static double evaluate(Gpt model, TokenShard shard, int b, int t, int iters, long seed) {
+    public static double evaluate(CausalLm model, TokenShard shard, int b, int t, int iters, long seed) {
         BatchSampler s = new BatchSampler(shard, b, t, seed);
         boolean was = model.isTraining();
         model.eval();

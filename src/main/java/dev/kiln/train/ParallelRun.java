@@ -3,7 +3,7 @@ package dev.kiln.train;
 import dev.kiln.dist.DataParallel;
 import dev.kiln.dist.MpiProcessGroup;
 import dev.kiln.dist.ProcessGroup;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.train.config.ParallelConfig;
 import dev.kiln.train.config.RunConfig;
 
@@ -36,7 +36,7 @@ final class ParallelRun {
         return out;
     }
 
-    static DataParallel start(RunConfig cfg, Gpt model, PrintStream out) {
+    static DataParallel start(RunConfig cfg, CausalLm model, PrintStream out) {
         DataParallel.uninstall();
         if (!ProcessGroup.launchedByMpirun()) return null;
         ParallelConfig pc = cfg.parallel();
@@ -53,6 +53,8 @@ final class ParallelRun {
             throw new TrainingException("train.select_fraction < 1 cannot be combined with data parallelism (each rank would pick its own hardest rows)");
         if (cfg.growth().on())
             throw new TrainingException("growth.at_step cannot be combined with data parallelism yet (the sharded parameters would change)");
+        if (cfg.train().grad_accum_steps() > 1) // untested with bucketed reduction; at ZeRO >= 2 a rank keeps only its own gradients between micro-batches
+            throw new TrainingException("train.grad_accum_steps > 1 cannot be combined with data parallelism yet; raise train.batch_size instead");
         var av = cfg.averaging();
         if (pc.zero_stage() == 3 && (av.ema_decay() > 0 || av.swa_start() > 0 || av.lawa_k() > 0))
             throw new TrainingException("averaging: cannot be combined with parallel.zero_stage 3 (the averages would need every parameter on every rank)");

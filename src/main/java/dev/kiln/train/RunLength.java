@@ -16,6 +16,7 @@ final class RunLength {
     private static final int WINDOW = 50;
 
     private final int blockSize, batchSize, batchStart, rampIters, warmup;
+    private final int accum; // micro-batches per step (gradient accumulation): a step's tokens are accum × batch × T
     private final Curriculum curriculum;
     private final long maxIters, decayIters, tokenBudget;
     private final double timeBudget;
@@ -33,6 +34,7 @@ final class RunLength {
         this.blockSize = blockSize;
         this.curriculum = curriculum;
         this.batchSize = tc.batch_size();
+        this.accum = tc.grad_accum_steps();
         this.batchStart = tc.batch_size_start();
         this.rampIters = tc.batch_ramp_iters();
         this.warmup = oc.warmup_iters();
@@ -58,9 +60,9 @@ final class RunLength {
         return batchStart + (int) ((long) (batchSize - batchStart) * step / rampIters);
     }
 
-    /** Tokens in 0-based step {@code step}: its batch size × its sequence length. */
+    /** Tokens in 0-based step {@code step}: its micro-batches × batch size × sequence length. */
     long stepTokens(long step) {
-        return (long) batchSize(step) * curriculum.seqLen(step);
+        return (long) accum * batchSize(step) * curriculum.seqLen(step);
     }
 
     /** The first step from which every step has batch_size × block_size tokens (after both ramps). */
@@ -73,7 +75,7 @@ final class RunLength {
         long t = 0;
         long ramped = Math.min(steps, rampEnd());
         for (long s = 0; s < ramped; s++) t += stepTokens(s);
-        return t + (steps - ramped) * (long) batchSize * blockSize;
+        return t + (steps - ramped) * (long) accum * batchSize * blockSize;
     }
 
     /** Records the wall time of the step just finished (from the previous step's end, so overheads count). */
@@ -121,7 +123,7 @@ final class RunLength {
             while (t < tokens) t += stepTokens(s++);
             return s;
         }
-        long perStep = (long) batchSize * blockSize;
+        long perStep = (long) accum * batchSize * blockSize;
         return end + (tokens - rampTokens + perStep - 1) / perStep;
     }
 

@@ -4,8 +4,11 @@ import dev.kiln.KilnException;
 import dev.kiln.dist.DataParallel;
 import dev.kiln.dist.ShardedOptimizer;
 import dev.kiln.nn.Parameter;
+import dev.kiln.hf.HfDirectory;
+import dev.kiln.hf.HfInterchange;
 import dev.kiln.nn.Lora;
 import dev.kiln.nn.Qat;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.GptHfFormat;
 import dev.kiln.optim.Adafactor;
@@ -18,7 +21,9 @@ import dev.kiln.optim.ParamGroup;
 import dev.kiln.optim.Sgd;
 import dev.kiln.optim.WeightAverage;
 import dev.kiln.tensor.DType;
+import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
+import dev.kiln.tensor.MemoryTracker;
 import dev.kiln.tensor.Rng;
 import dev.kiln.tensor.Safetensors;
 import dev.kiln.tensor.Tensor;
@@ -46,18 +51,20 @@ public final class RunSetup {
     private RunSetup() {}
 
     /** The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters (LoRA: the adapters only). */
-    public static Optimizer optimizer(OptimConfig oc, Gpt model) {
-        // ZeRO (parallel.zero_stage >= 1): this rank's optimizer covers only the parameters it owns
-        DataParallel dp = DataParallel.active();
-        if (dp == null || dp.zeroStage() == 0) return optimizer(oc, model, model.trainableParameters());
-        return new ShardedOptimizer(optimizer(oc, model, dp.optimizerShard(model.trainableParameters())), dp,
-                () -> optimizer(oc, model, model.trainableParameters()));
+    public static Optimizer optimizer(OptimConfig oc, CausalLm model) {
+        try (var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
+            // ZeRO (parallel.zero_stage >= 1): this rank's optimizer covers only the parameters it owns
+            DataParallel dp = DataParallel.active();
+            if (dp == null || dp.zeroStage() == 0) return newOptimizer(oc, model, model.trainableParameters());
+            return new ShardedOptimizer(newOptimizer(oc, model, dp.optimizerShard(model.trainableParameters())), dp,
+                    () -> newOptimizer(oc, model, model.trainableParameters()));
+        }
     }
 
-    private static Optimizer optimizer(OptimConfig oc, Gpt model, Map<String, Parameter> params) {
+    private static Optimizer newOptimizer(OptimConfig oc, CausalLm model, Map<String, Parameter> params) {
         // μP (model.init=mup): hidden matrices get learning rate × base_width/n_embd; see Gpt
-        List<ParamGroup> groups = model.config.mup()
-                ? ParamGroup.widthScaled(params, Gpt::isHiddenMatrix, model.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
+        List<ParamGroup> groups = model instanceof Gpt gpt && gpt.config.mup()
+                ? ParamGroup.widthScaled(params, Gpt::isHiddenMatrix, gpt.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
                 : ParamGroup.standard(params, oc.weight_decay(), oc.no_decay_weight_decay());
         return switch (oc.optimizer()) {
             case "adamw" -> new AdamW(groups, oc.beta1(), oc.beta2(), oc.eps());
@@ -72,14 +79,21 @@ public final class RunSetup {
     }
 
     /**
-     * The model a run config describes ({@code model.vocab_size} resolved): the GPT with its seed's
+     * The model a run config describes ({@code model.vocab_size} resolved): the GPT or Llama ({@code model.arch}) with its seed's
      * initialisation, LoRA adapters over a frozen base when {@code lora.rank > 0} (adapter init from a stream of
      * its own, so the base init is the same with and without), and fake quantisation when {@code qat:} asks for it
      * (active from the start when {@code qat.start_step} is 0). Base weights from {@code lora.init_from} are
      * loaded separately ({@link #loadBase}), since a checkpoint of the run replaces them anyway.
      */
-    public static Gpt buildModel(RunConfig cfg) {
-        Gpt model = new Gpt(cfg.model(), cfg.train().seed(), DType.F32);
+    public static CausalLm buildModel(RunConfig cfg) {
+        // the scope frees the initial values (randn, zeros) that each Parameter copies into persistent memory
+        try (var scope = MemoryScope.open()) {
+            return newModel(cfg);
+        }
+    }
+
+    private static CausalLm newModel(RunConfig cfg) {
+        CausalLm model = CausalLm.build(cfg.model(), cfg.train().seed(), DType.F32);
         LoraConfig lc = cfg.lora();
         if (lc.rank() > 0) {
             try {
@@ -88,6 +102,7 @@ public final class RunSetup {
                 throw new TrainingException("lora.targets: " + e.getMessage(), e);
             }
         }
+        model.setRecompute(dev.kiln.nn.Recompute.parse(cfg.train().recompute()));
         QatConfig qc = cfg.qat();
         if (qc.enabled()) {
             Qat.apply(model, qc.bits(), qc.weights(), qc.activations());
@@ -98,12 +113,23 @@ public final class RunSetup {
 
     /**
      * Loads the base weights named by {@code lora.init_from} into the model's base parameters: a .safetensors
-     * file in HF GPT-2 layout (int8 exports are dequantised), a checkpoint directory, or a run directory (its
-     * newest checkpoint that verifies).
+     * file in HF GPT-2 layout (int8 exports are dequantised), a Hugging Face model directory (config.json +
+     * model.safetensors, validated), a checkpoint directory, or a run directory (its newest checkpoint that verifies).
      */
-    public static void loadBase(Gpt model, String initFrom, PrintStream out) {
+    public static void loadBase(CausalLm model, String initFrom, PrintStream out) {
         Path p = Workspace.resolve(initFrom);
         Path file;
+        if (HfDirectory.isModelDirectory(p) && !Files.isRegularFile(p.resolve(CheckpointStore.STATE_FILE))) {
+            try (var scope = MemoryScope.open()) { // a Hugging Face model directory: checked against its config.json
+                if (!(model instanceof Gpt gpt)) // LLAMA HOOK: Llama directories are wired in a later commit
+                    throw new KilnException(p + ": a Hugging Face directory as base weights is supported for GPT-2 only");
+                HfInterchange.loadIntoGpt(gpt, HfDirectory.read(p), p.toString());
+            } catch (KilnException e) {
+                throw new TrainingException("lora.init_from: " + e.getMessage(), e);
+            }
+            out.println("kiln: base weights from the Hugging Face model " + p);
+            return;
+        }
         if (Files.isRegularFile(p)) {
             file = p;
         } else if (Files.isRegularFile(p.resolve(CheckpointStore.MODEL_FILE))) {
@@ -120,7 +146,7 @@ public final class RunSetup {
         try (var scope = MemoryScope.open()) {
             Map<String, Tensor> tensors = Safetensors.read(file).tensors();
             if (GptHfFormat.isInt8(tensors)) tensors = GptHfFormat.dequantizeInt8(tensors, file.toString());
-            GptHfFormat.loadBase(model, tensors, file.toString());
+            model.loadHfBase(tensors, file.toString());
         } catch (TrainingException e) {
             throw e;
         } catch (KilnException e) {
@@ -130,11 +156,14 @@ public final class RunSetup {
     }
 
     /** The weight averages {@code averaging:} switches on, in the order ema, swa, lawa. */
-    public static List<WeightAverage> averages(AveragingConfig ac, Gpt model) {
+    public static List<WeightAverage> averages(AveragingConfig ac, CausalLm model) {
         List<WeightAverage> out = new ArrayList<>();
-        if (ac.ema_decay() > 0) out.add(WeightAverage.ema(model.namedParameters(), ac.ema_decay()));
-        if (ac.swa_start() > 0) out.add(WeightAverage.swa(model.namedParameters(), ac.swa_start(), ac.swa_interval()));
-        if (ac.lawa_k() > 0) out.add(WeightAverage.lawa(model.namedParameters(), ac.lawa_k(), ac.lawa_interval()));
+        // averaged weights are training state, like the optimizer's moments
+        try (var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
+            if (ac.ema_decay() > 0) out.add(WeightAverage.ema(model.namedParameters(), ac.ema_decay()));
+            if (ac.swa_start() > 0) out.add(WeightAverage.swa(model.namedParameters(), ac.swa_start(), ac.swa_interval()));
+            if (ac.lawa_k() > 0) out.add(WeightAverage.lawa(model.namedParameters(), ac.lawa_k(), ac.lawa_interval()));
+        }
         return out;
     }
 
@@ -144,7 +173,7 @@ public final class RunSetup {
      * state, and under AdamW count their own steps from 1 for bias correction, as PyTorch's per-parameter
      * state does (other optimizers keep their one shared count).
      */
-    public static Optimizer extended(OptimConfig oc, Gpt model, Optimizer old, Set<String> before) {
+    public static Optimizer extended(OptimConfig oc, CausalLm model, Optimizer old, Set<String> before) {
         Optimizer opt = optimizer(oc, model);
         Map<String, Tensor> had = old.stateDict();
         try (var scope = MemoryScope.open()) {

@@ -4,10 +4,13 @@ import dev.kiln.autograd.Tape;
 import dev.kiln.data.Batch;
 import dev.kiln.data.BatchSampler;
 import dev.kiln.dist.DataParallel;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
+import dev.kiln.ops.Arith;
 import dev.kiln.optim.GradClip;
 import dev.kiln.optim.Optimizer;
+import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
+import dev.kiln.tensor.MemoryTracker;
 import dev.kiln.tensor.Tensor;
 
 import java.util.Comparator;
@@ -24,13 +27,13 @@ public final class TrainStep {
     /** Loss and pre-clipping gradient norm of one step; when either is not finite, nothing was updated. */
     public record StepResult(double loss, double gradNorm) {}
 
-    /** {@link #step(Gpt, Optimizer, BatchSampler, int, double, double, double, double)} with the sampler's batch size and plain cross-entropy. */
-    public static StepResult step(Gpt model, Optimizer opt, BatchSampler sampler, double lr, double gradClip) {
+    /** {@link #step(CausalLm, Optimizer, BatchSampler, int, double, double, double, double)} with the sampler's batch size and plain cross-entropy. */
+    public static StepResult step(CausalLm model, Optimizer opt, BatchSampler sampler, double lr, double gradClip) {
         return step(model, opt, sampler, sampler.batchSize(), lr, gradClip, 0, 0);
     }
 
-    /** {@link #step(Gpt, Optimizer, Batch, double, double, double, double, double)} on the sampler's next batch of {@code b} sequences, no selection. */
-    public static StepResult step(Gpt model, Optimizer opt, BatchSampler sampler, int b, double lr, double gradClip,
+    /** {@link #step(CausalLm, Optimizer, Batch, double, double, double, double, double)} on the sampler's next batch of {@code b} sequences, no selection. */
+    public static StepResult step(CausalLm model, Optimizer opt, BatchSampler sampler, int b, double lr, double gradClip,
                                   double labelSmoothing, double zLoss) {
         return step(model, opt, sampler.next(b), lr, gradClip, labelSmoothing, zLoss, 1.0);
     }
@@ -40,7 +43,7 @@ public final class TrainStep {
      * backward (of the hardest rows only, with selective backprop: see {@link #forwardBackward}) → clip → update.
      * A non-finite loss or gradient norm returns before the update, leaving parameters and optimizer state untouched.
      */
-    public static StepResult step(Gpt model, Optimizer opt, Batch batch, double lr, double gradClip,
+    public static StepResult step(CausalLm model, Optimizer opt, Batch batch, double lr, double gradClip,
                                   double labelSmoothing, double zLoss, double selectFraction) {
         double loss = forwardBackward(model, batch, labelSmoothing, zLoss, selectFraction);
         if (!Double.isFinite(loss)) return new StepResult(loss, Double.NaN);
@@ -58,11 +61,22 @@ public final class TrainStep {
      * sequence's loss, then only the {@link #selectCount} hardest sequences are forwarded again and backpropagated,
      * as a batch of their own (in batch order), so the gradient is exactly that of a batch made of those rows.
      */
-    public static double forwardBackward(Gpt model, Batch batch, double labelSmoothing, double zLoss, double selectFraction) {
+    public static double forwardBackward(CausalLm model, Batch batch, double labelSmoothing, double zLoss, double selectFraction) {
+        return forwardBackward(model, batch, labelSmoothing, zLoss, selectFraction, 1.0);
+    }
+
+    /**
+     * {@link #forwardBackward(CausalLm, Batch, double, double, double)} with the backpropagated loss multiplied by
+     * {@code gradScale} (gradient accumulation's 1/k); returns the unscaled loss.
+     */
+    public static double forwardBackward(CausalLm model, Batch batch, double labelSmoothing, double zLoss, double selectFraction, double gradScale) {
         Batch trained = selectFraction < 1 ? batch.rows(hardestRows(model, batch, selectCount(batch.batchSize(), selectFraction))) : batch;
         int b = trained.batchSize(), t = trained.blockSize();
         try (var scope = MemoryScope.open()) {
-            Tensor lossT = model.loss(Tensor.ofInts(trained.inputs(), b, t), Tensor.ofInts(trained.targets(), b, t), labelSmoothing, zLoss);
+            Tensor lossT;
+            try (var a = MemoryTracker.attribute(MemoryCategory.ACTIVATIONS)) {
+                lossT = model.loss(Tensor.ofInts(trained.inputs(), b, t), Tensor.ofInts(trained.targets(), b, t), labelSmoothing, zLoss);
+            }
             double loss = lossT.item();
             DataParallel dp = DataParallel.active(); // data parallel: the global batch's loss, and gradients averaged across ranks
             if (dp != null) loss = dp.meanLoss(loss);
@@ -72,7 +86,7 @@ public final class TrainStep {
                 return loss;
             }
             if (dp != null) dp.beforeBackward();
-            Tape.backward(lossT);
+            Tape.backward(gradScale == 1.0 ? lossT : Arith.mul(lossT, gradScale));
             if (dp != null) dp.afterBackward();
             return loss;
         }
@@ -87,7 +101,7 @@ public final class TrainStep {
      * The {@code k} rows of {@code batch} with the highest mean loss (plain cross-entropy, eval mode so no dropout
      * RNG is drawn), ties to the lower row, returned in ascending row order.
      */
-    public static int[] hardestRows(Gpt model, Batch batch, int k) {
+    public static int[] hardestRows(CausalLm model, Batch batch, int k) {
         int b = batch.batchSize(), t = batch.blockSize();
         double[] losses;
         boolean was = model.isTraining();

@@ -13,7 +13,7 @@ import dev.kiln.data.TokenShard;
 import dev.kiln.dist.DataParallel;
 import dev.kiln.nn.Qat;
 import dev.kiln.nn.models.Generator;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.GptConfig;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.WeightAverage;
@@ -69,6 +69,7 @@ public final class Trainer {
     private long corruptAtStep = -1;
     private int corruptionsLeft;
     private BiConsumer<Long, Batch> batchObserver;
+    private MemoryPeaks memory;
 
     public Trainer(RunConfig cfg, boolean resume, PrintStream out, boolean interactive) {
         this.cfg = cfg;
@@ -103,6 +104,7 @@ public final class Trainer {
         TrainingConfig tc = cfg.train();
         OptimConfig oc = cfg.optim();
         CpuBackend.configure(tc.threads());
+        memory = MemoryPeaks.start();
         // under mpirun rank 0 prepares the data cache first, then the other ranks open it
         PreparedData data = ParallelRun.leadFirst(() -> Workspace.prepareData(cfg.data()));
         // a mixture: every member's training shard (member 0 is `data`: its validation split and tokenizer are the run's)
@@ -122,7 +124,7 @@ public final class Trainer {
             store.removeUnfinished();
         }
 
-        Gpt model = RunSetup.buildModel(resolved);
+        CausalLm model = RunSetup.buildModel(resolved);
         ParallelRun.start(cfg, model, out); // data parallelism under mpirun (DataParallel.active()); nothing in a single process
         if (!cfg.lora().init_from().isEmpty() && !(resume && !store.list().isEmpty())) RunSetup.loadBase(model, cfg.lora().init_from(), out);
         Optimizer opt = RunSetup.optimizer(oc, model);
@@ -164,14 +166,15 @@ public final class Trainer {
                     out.println("kiln: resumed from " + latest.get() + " at step " + initial.step());
                 }
             }
-            out.printf("kiln: GPT %d layers, %d heads, %d embd, block %d, vocab %d: %,d parameters; %s; %d threads; data %s (%,d train / %,d val tokens)%n",
-                    model.depth(), mc.n_head(), mc.n_embd(), mc.block_size(), mc.vocab_size(), model.parameterCount(), opt.name(),
+            out.printf("kiln: %s: %,d parameters; %s; %d threads; data %s (%,d train / %,d val tokens)%n",
+                    model.describe(), model.parameterCount(), opt.name(),
                     CpuBackend.get().threads(), data.dir(), data.trainTokens(), data.valTokens());
             for (PreparedData m : members) Dedup.Report.read(m.dir()).ifPresent(r -> out.println("kiln: " + m.dir() + ": " + r.summary()));
             if (!cfg.data().mixture().isBlank())
                 out.println("kiln: mixture " + cfg.data().mixture() + " over " + members.stream()
                         .map(m -> String.format("%s (%,d train tokens)", m.dir(), m.trainTokens())).toList());
             MemoryAccount account = MemoryAccount.of(model, opt);
+            memory.restart();
             out.println("kiln: " + account);
             if (cfg.lora().rank() > 0)
                 out.printf("kiln: LoRA rank %d, alpha %s on %s; base %s, frozen%n", cfg.lora().rank(), cfg.lora().alpha(), cfg.lora().targets(),
@@ -193,7 +196,7 @@ public final class Trainer {
         }
     }
 
-    private static CheckpointStore.TrainerState restore(Path checkpoint, Gpt model, Optimizer opt, List<WeightAverage> averages, BatchSampler sampler,
+    private static CheckpointStore.TrainerState restore(Path checkpoint, CausalLm model, Optimizer opt, List<WeightAverage> averages, BatchSampler sampler,
                                                         LayerDrop layerDrop) {
         DataParallel dp = DataParallel.active();
         if (dp != null) dp.gatherAllParameters(); // ZeRO-3: the checkpoint is loaded into whole parameters
@@ -211,12 +214,12 @@ public final class Trainer {
     }
 
     /** Sets the model to {@code depth} blocks: grown (before a checkpoint's weights are loaded into it) or cut back (a rollback to before growth). */
-    private static void resize(Gpt model, int depth, String growthMethod, long seed) {
+    private static void resize(CausalLm model, int depth, String growthMethod, long seed) {
         if (depth > model.depth()) model.grow(depth, growthMethod, seed);
         else model.truncate(depth);
     }
 
-    private Result loop(Gpt model, Optimizer opt, LayerDrop layerDrop, List<WeightAverage> averages, LrSchedule schedule, BatchSampler sampler, TokenShard valShard,
+    private Result loop(CausalLm model, Optimizer opt, LayerDrop layerDrop, List<WeightAverage> averages, LrSchedule schedule, BatchSampler sampler, TokenShard valShard,
                         CheckpointStore store, JsonNode configJson, CheckpointStore.TrainerState initial, Path resumedFrom,
                         Path runDir, PreparedData data, StopRequests stops, MemoryAccount account, TbEvents tb) {
         long start = initial.step(), lastDone = start;
@@ -229,7 +232,7 @@ public final class Trainer {
         var faults = cfg.faults();
         TrainingConfig tc = cfg.train();
         OptimConfig oc = cfg.optim();
-        int t = model.config.block_size();
+        int t = model.blockSize();
         GrowthConfig growth = cfg.growth();
         Curriculum curriculum = new Curriculum(cfg.curriculum(), t);
         RunLength length = new RunLength(tc, oc, t, curriculum);
@@ -263,8 +266,9 @@ public final class Trainer {
                 long t0 = System.nanoTime();
                 long gc0 = gcMillis();
                 int b = length.batchSize(step);
-                double lr = schedule.lr(step, length.scheduleTotal(step, elapsed)) * RunSetup.lrScaling(oc, b) * lrScale;
-                if (step + 1 == corruptAtStep && corruptionsLeft-- > 0) model.lnF.weight.setFlat(0, Double.NaN);
+                int k = tc.grad_accum_steps();
+                double lr = schedule.lr(step, length.scheduleTotal(step, elapsed)) * RunSetup.lrScaling(oc, k * b) * lrScale;
+                if (step + 1 == corruptAtStep && corruptionsLeft-- > 0) model.finalNormWeight().setFlat(0, Double.NaN);
                 LayerDrop.Plan plan = layerDrop == null ? null : layerDrop.plan(step, model.depth());
                 if (plan != null) {
                     // a dropped block gets a zero gradient, not none, so its optimizer update (momentum, decay) is the same
@@ -275,11 +279,11 @@ public final class Trainer {
                 if (qat.enabled()) Qat.setActive(model, qat.activeAfter(step));
                 int seqLen = curriculum.seqLen(step);
                 double competence = curriculum.competence(step);
-                Batch batch = sampler.next(b, seqLen, competence);
-                if (batchObserver != null) batchObserver.accept(step, batch);
+                List<Batch> micro = GradAccumulation.draw(sampler, k, b, seqLen, competence);
+                if (batchObserver != null) for (Batch mb : micro) batchObserver.accept(step, mb);
                 DataParallel dp = DataParallel.active();
-                if (dp != null) batch = dp.slice(batch); // this rank's rows of the global batch
-                TrainStep.StepResult r = TrainStep.step(model, opt, batch, lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss(), tc.select_fraction());
+                if (dp != null) micro = micro.stream().map(dp::slice).toList(); // this rank's rows of each global micro-batch
+                TrainStep.StepResult r = GradAccumulation.step(model, opt, micro, lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss(), tc.select_fraction());
                 model.setLayerPlan(null, null);
                 long done = step + 1;
                 if (!Double.isFinite(r.loss()) || !Double.isFinite(r.gradNorm())) {
@@ -316,7 +320,7 @@ public final class Trainer {
                 badSteps = 0;
                 lastDone = done;
                 if (qat.enabled()) Qat.setActive(model, qat.activeAfter(done)); // evaluations and checkpoints see the model of the next step
-                long stepTokens = (long) b * seqLen; // every row drawn counts, also those selective backprop leaves out
+                long stepTokens = (long) k * b * seqLen; // every row drawn counts, also those selective backprop leaves out
                 tokensSeen += stepTokens;
                 tokensThisProcess += stepTokens;
                 for (WeightAverage a : averages) a.update(done);
@@ -348,6 +352,7 @@ public final class Trainer {
                     ObjectNode ev = metrics.record().put("step", done).put("val_loss", val).put("eval_batches", tc.eval_iters())
                             .put("tokens", tokensSeen).put("elapsed_s", elapsed);
                     putMemberTokens(ev, sampler);
+                    memory.record(ev);
                     StringBuilder line = new StringBuilder(String.format("step %d: val loss %.4f", done, val));
                     for (WeightAverage a : averages) {
                         if (!a.ready()) continue;
@@ -409,6 +414,7 @@ public final class Trainer {
                 ObjectNode rec = metrics.record().put("step", lastDone).put("val_loss", finalVal).put("eval_batches", tc.final_eval_iters())
                         .put("tokens", tokensSeen).put("elapsed_s", budgetClock0 + seconds).put("final", true).put("ended_by", endedBy);
                 putMemberTokens(rec, sampler);
+                memory.record(rec);
                 for (WeightAverage a : averages) {
                     if (!a.ready()) continue;
                     double av = Evaluation.evaluateWith(model, a.weights(), valShard, tc.batch_size(), t, tc.final_eval_iters(), tc.seed() + 1);
@@ -421,6 +427,7 @@ public final class Trainer {
         out.printf("kiln: %d steps in %s (%,.0f tok/s), ended by %s; final val loss %.4f over %d batches; checkpoint %s%n",
                 losses.size(), Progress.formatDuration(Math.round(seconds)), tokPerSec, endedBy, finalVal, tc.final_eval_iters(),
                 lastCheckpoint == null ? "none" : lastCheckpoint);
+        out.println("kiln: " + memory.summary());
         ParallelRun.reportCommunication(out);
         if (!cfg.data().mixture().isBlank()) {
             long[] mt = sampler.memberTokens();
@@ -471,7 +478,7 @@ public final class Trainer {
     }
 
     private static Tensor persistentZerosLike(Tensor t) {
-        try (var s = MemoryScope.persistent()) {
+        try (var s = MemoryScope.persistent(); var a = dev.kiln.tensor.MemoryTracker.attribute(dev.kiln.tensor.MemoryCategory.GRADIENTS)) {
             return Tensor.zerosLike(t);
         }
     }

@@ -2,7 +2,7 @@ package dev.kiln.train;
 
 import dev.kiln.data.TokenShard;
 import dev.kiln.data.WindowScores;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Tensor;
 
@@ -17,8 +17,8 @@ public final class WindowScoring {
     private WindowScoring() {}
 
     /** The mean loss of each window k (inputs at [k·T, k·T+T)), in eval mode, {@code batch} windows per forward. */
-    public static float[] score(Gpt model, TokenShard shard, int batch, PrintStream progress) {
-        int t = model.config.block_size();
+    public static float[] score(CausalLm model, TokenShard shard, int batch, PrintStream progress) {
+        int t = model.blockSize();
         int n = WindowScores.windows(shard.size(), t);
         float[] out = new float[n];
         boolean was = model.isTraining();
@@ -50,10 +50,10 @@ public final class WindowScoring {
     }
 
     /** Scores {@code shard} and writes the scores beside it ({@link WindowScores#FILE}); returns the file. */
-    public static Path scoreAndWrite(Gpt model, TokenShard shard, int batch, PrintStream progress) {
+    public static Path scoreAndWrite(CausalLm model, TokenShard shard, int batch, PrintStream progress) {
         float[] scores = score(model, shard, batch, progress);
         Path file = shard.path().resolveSibling(WindowScores.FILE);
-        WindowScores.write(file, scores, model.config.block_size(), shard.size());
+        WindowScores.write(file, scores, model.blockSize(), shard.size());
         return file;
     }
 }

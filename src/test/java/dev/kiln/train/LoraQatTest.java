@@ -88,7 +88,7 @@ class LoraQatTest {
     /** The trained model of a run (its config's LoRA / QAT as trained), from its newest checkpoint. */
     private Gpt load(Trainer.Result r, RunConfig cfg) {
         RunConfig c = cfg.withModel(cfg.model().withVocabSize(65));
-        Gpt m = RunSetup.buildModel(c);
+        Gpt m = (Gpt) RunSetup.buildModel(c);
         var st = CheckpointStore.load(last(r), m, null, List.of());
         if (c.qat().enabled()) Qat.setActive(m, c.qat().activeAfter(st.step()));
         return m;
@@ -216,7 +216,7 @@ class LoraQatTest {
         TrainingException e = assertThrows(TrainingException.class, () -> train("ft2", 5, false, plus(plus(LORA, rev), "lora.init_from=" + ft.runDir())));
         assertTrue(e.getMessage().contains("lora.init_from") && e.getMessage().contains("kiln export --merged"), e.getMessage());
         Trainer.Result again = train("ft3", 5, false, plus(plus(LORA, rev), "lora.init_from=" + merged));
-        Gpt fromMerged = RunSetup.buildModel(config("y", 1, LORA).withModel(mc)); // B = 0: computes the merged model exactly
+        Gpt fromMerged = (Gpt) RunSetup.buildModel(config("y", 1, LORA).withModel(mc)); // B = 0: computes the merged model exactly
         RunSetup.loadBase(fromMerged, merged.toString(), quiet);
         assertEquals(Double.doubleToRawLongBits(mergedVal), Double.doubleToRawLongBits(valLoss(fromMerged, rev)));
         assertTrue(Double.isFinite(again.finalValLoss()));
@@ -228,7 +228,7 @@ class LoraQatTest {
         try (var scope = MemoryScope.open()) {
             RunConfig full = ConfigLoader.load(null, List.of("model.vocab_size=65"));
             RunConfig lora = ConfigLoader.load(null, List.of("model.vocab_size=65", "lora.rank=4", "lora.targets=c_attn,c_proj,c_fc"));
-            Gpt fm = RunSetup.buildModel(full), lm = RunSetup.buildModel(lora);
+            Gpt fm = (Gpt) RunSetup.buildModel(full), lm = (Gpt) RunSetup.buildModel(lora);
             MemoryAccount f = MemoryAccount.of(fm, RunSetup.optimizer(full.optim(), fm)), l = MemoryAccount.of(lm, RunSetup.optimizer(lora.optim(), lm));
             System.out.println("LoraQatTest: default model, full fine-tune: " + f);
             System.out.println("LoraQatTest: default model, LoRA r=4 on c_attn,c_proj,c_fc: " + l);

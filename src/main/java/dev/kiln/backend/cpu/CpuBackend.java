@@ -582,6 +582,60 @@ public final class CpuBackend implements Backend {
                 FusedF32.layerNormParamGrads(xs, xo, gs, go, mu, rs, rows, c, s * lanes, Math.min(c, e * lanes), dws, dwo, dbs, dbo));
     }
 
+    // ------------------------------------------------------------------ Llama's ops (kernels in LlamaKernels)
+
+    @Override
+    public void rmsNorm(Tensor x, Tensor weight, double eps, Tensor out, Tensor rstd) {
+        requireContiguous(x, weight, out, rstd);
+        LlamaKernels.rmsNorm(this, x, weight, eps, out, rstd);
+    }
+
+    @Override
+    public void rmsNormBackward(Tensor x, Tensor weight, Tensor rstd, Tensor gradOut, Tensor gradX, Tensor gradWeight) {
+        requireContiguous(x, weight, rstd, gradOut);
+        if (gradX != null) requireContiguous(gradX);
+        if (gradWeight != null) requireContiguous(gradWeight);
+        LlamaKernels.rmsNormBackward(this, x, weight, rstd, gradOut, gradX, gradWeight);
+    }
+
+    @Override
+    public void rope(Tensor x, int headDim, Tensor cos, Tensor sin, Tensor out) {
+        requireContiguous(x, cos, sin, out);
+        LlamaKernels.rope(this, x, headDim, cos, sin, out, false);
+    }
+
+    @Override
+    public void ropeBackward(Tensor gradOut, int headDim, Tensor cos, Tensor sin, Tensor gradX) {
+        requireContiguous(gradOut, cos, sin, gradX);
+        LlamaKernels.rope(this, gradOut, headDim, cos, sin, gradX, true);
+    }
+
+    @Override
+    public void silu(Tensor x, Tensor out) {
+        requireContiguous(x, out);
+        LlamaKernels.swiglu(this, x, null, out);
+    }
+
+    @Override
+    public void siluBackward(Tensor x, Tensor gradOut, Tensor gradIn) {
+        requireContiguous(x, gradOut, gradIn);
+        LlamaKernels.swigluBackward(this, x, null, gradOut, gradIn, null);
+    }
+
+    @Override
+    public void swiglu(Tensor gate, Tensor up, Tensor out) {
+        requireContiguous(gate, up, out);
+        LlamaKernels.swiglu(this, gate, up, out);
+    }
+
+    @Override
+    public void swigluBackward(Tensor gate, Tensor up, Tensor gradOut, Tensor gradGate, Tensor gradUp) {
+        requireContiguous(gate, up, gradOut);
+        if (gradGate != null) requireContiguous(gradGate);
+        if (gradUp != null) requireContiguous(gradUp);
+        LlamaKernels.swigluBackward(this, gate, up, gradOut, gradGate, gradUp);
+    }
+
     // ------------------------------------------------------------------ softmax
 
     @Override

@@ -12,7 +12,7 @@ public final class Generator {
     private Generator() {}
 
     /** Returns prompt + {@code maxNew} sampled tokens. temperature ≤ 0 means greedy. */
-    public static int[] generate(Gpt model, int[] prompt, int maxNew, double temperature, int topK, Rng rng) {
+    public static int[] generate(CausalLm model, int[] prompt, int maxNew, double temperature, int topK, Rng rng) {
         if (prompt.length == 0) throw new IllegalArgumentException("empty prompt");
         boolean wasTraining = model.isTraining();
         model.eval();
@@ -20,7 +20,7 @@ public final class Generator {
         int len = prompt.length;
         try (var ng = Tape.noGradScope()) {
             for (int i = 0; i < maxNew; i++) {
-                int start = Math.max(0, len - model.config.block_size());
+                int start = Math.max(0, len - model.blockSize());
                 int t = len - start;
                 double[] logits;
                 try (var scope = MemoryScope.open()) {

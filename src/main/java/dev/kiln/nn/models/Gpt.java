@@ -5,11 +5,13 @@ import dev.kiln.nn.Embedding;
 import dev.kiln.nn.LayerNorm;
 import dev.kiln.nn.Linear;
 import dev.kiln.nn.Module;
+import dev.kiln.nn.Parameter;
+import dev.kiln.nn.Recompute;
+import dev.kiln.autograd.Checkpoint;
 import dev.kiln.ops.Activations;
 import dev.kiln.ops.Arith;
 import dev.kiln.ops.Attention;
 import dev.kiln.ops.Linalg;
-import dev.kiln.ops.Losses;
 import dev.kiln.tensor.DType;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Rng;
@@ -17,6 +19,7 @@ import dev.kiln.tensor.Tensor;
 
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 
 /**
  * GPT-2 / nanoGPT: learned positions, pre-LayerNorm blocks, causal self-attention, 4× GELU MLP,
@@ -42,7 +45,7 @@ import java.util.List;
  * <p>Two training-time structure changes live here as mechanisms (their schedules are the trainer's):
  * depth growth ({@link #grow}) and per-step block skipping ({@link #setLayerPlan}).
  */
-public final class Gpt extends Module {
+public final class Gpt extends CausalLm {
     public final GptConfig config;
     public final Embedding wte, wpe;
     public final List<Block> blocks = new ArrayList<>();
@@ -55,6 +58,7 @@ public final class Gpt extends Module {
     private boolean[] keep;
     private double[] keepProb;
     private long blocksRun, blocksSkipped;
+    private Recompute recompute = Recompute.NONE;
     private UnitHook unitHook;
 
     /**
@@ -112,11 +116,49 @@ public final class Gpt extends Module {
     }
 
     /** The generator behind every dropout mask (its state is part of a checkpoint). */
+    @Override
     public Rng dropoutRng() {
         return dropoutRng;
     }
 
+    @Override
+    public int blockSize() {
+        return config.block_size();
+    }
+
+    @Override
+    public int vocabSize() {
+        return config.vocab_size();
+    }
+
+    @Override
+    public Parameter finalNormWeight() {
+        return lnF.weight;
+    }
+
+    @Override
+    public String describe() {
+        return String.format("GPT %d layers, %d heads, %d embd, block %d, vocab %d", depth(), config.n_head(), config.n_embd(), config.block_size(), config.vocab_size());
+    }
+
+    /** HF GPT-2 layout: see {@link GptHfFormat}. */
+    @Override
+    public Map<String, Tensor> hfStateDict() {
+        return GptHfFormat.export(this);
+    }
+
+    @Override
+    public void loadHfStateDict(Map<String, Tensor> hf, String source) {
+        GptHfFormat.load(this, hf, source);
+    }
+
+    @Override
+    public void loadHfBase(Map<String, Tensor> hf, String source) {
+        GptHfFormat.loadBase(this, hf, source);
+    }
+
     /** Blocks now: config.n_layer until {@link #grow} (a checkpoint records it). */
+    @Override
     public int depth() {
         return blocks.size();
     }
@@ -131,6 +173,7 @@ public final class Gpt extends Module {
     }
 
     /** idx int32 (B, T) → logits (B, T, vocab). */
+    @Override
     public Tensor forward(Tensor idx) {
         int t = idx.size(1);
         if (t > config.block_size())
@@ -147,8 +190,12 @@ public final class Gpt extends Module {
                 blocksSkipped++;
                 continue;
             }
+            Block block = blocks.get(i);
+            double scale = planned ? 1.0 / keepProb[i] : 1.0;
             if (hook != null) hook.enter(i);
-            x = blocks.get(i).forward(x, planned ? 1.0 / keepProb[i] : 1.0);
+            x = recompute == Recompute.FULL
+                    ? Checkpoint.apply(in -> block.forward(in, scale, Recompute.NONE), x, dropoutRng, block.parameters())
+                    : block.forward(x, scale, recompute);
             if (hook != null) hook.exit(i);
             blocksRun++;
         }
@@ -158,20 +205,6 @@ public final class Gpt extends Module {
         Tensor logits = Linalg.linear(x, wte.weight, null);
         if (hook != null) hook.exit(-1);
         return logits;
-    }
-
-    /** Mean cross-entropy of next-token prediction; targets −1 are ignored. */
-    public Tensor loss(Tensor idx, Tensor targets) {
-        return loss(idx, targets, 0, 0);
-    }
-
-    /**
-     * Mean cross-entropy of next-token prediction with label smoothing ε ∈ [0, 1) and z-loss
-     * coefficient c ≥ 0 (see {@link Losses#crossEntropy(Tensor, Tensor, int, double, double)});
-     * targets −1 are ignored. ε = c = 0 is {@link #loss(Tensor, Tensor)}.
-     */
-    public Tensor loss(Tensor idx, Tensor targets, double labelSmoothing, double zLoss) {
-        return Losses.crossEntropy(forward(idx), targets, -1, labelSmoothing, zLoss);
     }
 
     // ---- progressive stacking ------------------------------------------------------------------------
@@ -185,6 +218,7 @@ public final class Gpt extends Module {
      * {@code seed} and {@code toLayers}, so a rerun draws the same). n_layer in {@link #config} stays
      * the starting depth.
      */
+    @Override
     public void grow(int toLayers, String method, long seed) {
         int from = blocks.size();
         if (toLayers <= from) throw new IllegalArgumentException("cannot grow " + from + " blocks to " + toLayers);
@@ -194,15 +228,18 @@ public final class Gpt extends Module {
             default -> throw new IllegalArgumentException("growth method must be copy or zero, got " + method);
         };
         Rng rng = copy ? null : new Rng(seed * 0x9E3779B97F4A7C15L + toLayers);
-        for (int j = from; j < toLayers; j++) {
-            Block b = new Block(config, rng, init, dtype, dropoutRng);
-            if (copy) b.copyFrom(blocks.get(j % from));
-            b.zeroOutputProjections();
-            blocks.add(h.registerModuleIn(Integer.toString(j), b));
+        try (var scope = MemoryScope.open()) { // frees the initial values the new Parameters copied
+            for (int j = from; j < toLayers; j++) {
+                Block b = new Block(config, rng, init, dtype, dropoutRng);
+                if (copy) b.copyFrom(blocks.get(j % from));
+                b.zeroOutputProjections();
+                blocks.add(h.registerModuleIn(Integer.toString(j), b));
+            }
         }
     }
 
     /** Drops the top blocks down to {@code depth} (a rollback to a checkpoint written before growth). */
+    @Override
     public void truncate(int depth) {
         if (depth < 1 || depth > blocks.size()) throw new IllegalArgumentException("cannot truncate " + blocks.size() + " blocks to " + depth);
         while (blocks.size() > depth) {
@@ -220,11 +257,23 @@ public final class Gpt extends Module {
      * so evaluation, which always runs every block unscaled, needs no correction). Null clears the plan.
      * Ignored in eval mode.
      */
+    @Override
     public void setLayerPlan(boolean[] keep, double[] keepProb) {
         if (keep != null && (keep.length != blocks.size() || keepProb == null || keepProb.length != blocks.size()))
             throw new IllegalArgumentException("layer plan for " + (keep.length) + " blocks, model has " + blocks.size());
         this.keep = keep;
         this.keepProb = keep == null ? null : keepProb;
+    }
+
+    /** Which activations training forwards recompute in backward instead of keeping ({@code train.recompute}). */
+    @Override
+    public void setRecompute(Recompute mode) {
+        this.recompute = mode;
+    }
+
+    @Override
+    public Recompute recompute() {
+        return recompute;
     }
 
     /** Block forwards run so far (every forward, training and eval). */
@@ -237,31 +286,13 @@ public final class Gpt extends Module {
         return blocksSkipped;
     }
 
-    /**
-     * The mean next-token cross-entropy of each sequence of the batch, idx and targets int32 (B, T) → B values,
-     * without gradient (for ranking samples: selective backprop, difficulty scores). Each is the mean of its T
-     * per-token losses, summed in order in double precision.
-     */
-    public double[] sequenceLosses(Tensor idx, Tensor targets) {
-        int b = idx.size(0), t = idx.size(1);
-        double[] out = new double[b];
-        try (var ng = dev.kiln.autograd.Tape.noGradScope()) {
-            Tensor rows = Losses.crossEntropyRows(forward(idx), targets, -1);
-            for (int i = 0; i < b; i++) {
-                double s = 0;
-                for (int j = 0; j < t; j++) s += rows.getFlat((long) i * t + j);
-                out[i] = s / t;
-            }
-        }
-        return out;
-    }
-
     /** One transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). */
     public static final class Block extends Module {
         final LayerNorm ln1, ln2;
         final Linear cAttn, attnProj, cFc, mlpProj;
         final Dropout residDrop1, residDrop2;
         final int nHead;
+        private final Rng dropoutRng;
         /** μP only: (3C) column scales 1/√d on q, 1 on k and v, making the kernel's q·k/√d a q·k/d. */
         private final Tensor qkvScale;
 
@@ -280,6 +311,7 @@ public final class Gpt extends Module {
             residDrop1 = attn.registerModuleIn("resid_dropout", new Dropout(cfg.dropout(), dropoutRng));
             residDrop2 = mlp.registerModuleIn("dropout", new Dropout(cfg.dropout(), dropoutRng));
             qkvScale = cfg.mup() ? qkvScale(c, cfg.headSize(), dtype) : null;
+            this.dropoutRng = dropoutRng;
         }
 
         private static Tensor qkvScale(int c, int d, DType dtype) {
@@ -291,24 +323,35 @@ public final class Gpt extends Module {
         }
 
         Tensor forward(Tensor x) {
-            return forward(x, 1.0);
+            return forward(x, 1.0, Recompute.NONE);
         }
 
-        /** {@code branchScale} multiplies both residual branches (layer drop's 1/keep-probability). */
-        Tensor forward(Tensor x, double branchScale) {
-            Tensor a = residDrop1.forward(attention(ln1.forward(x)));
+        /**
+         * {@code branchScale} multiplies both residual branches (layer drop's 1/keep-probability); {@code recompute}
+         * SELECTIVE recomputes the attention core and GELU + c_proj in backward (see {@link Recompute}).
+         */
+        Tensor forward(Tensor x, double branchScale, Recompute recompute) {
+            boolean selective = recompute == Recompute.SELECTIVE;
+            Tensor a = residDrop1.forward(attention(ln1.forward(x), selective));
             if (branchScale != 1.0) a = Arith.mul(a, branchScale);
             x = Arith.add(x, a);
-            Tensor m = residDrop2.forward(mlpProj.forward(Activations.gelu(cFc.forward(ln2.forward(x)))));
+            Tensor h = cFc.forward(ln2.forward(x));
+            // mlpProj may carry a LoRA adapter whose dropout draws from the model's generator: replayed on recompute
+            Tensor m = residDrop2.forward(selective
+                    ? Checkpoint.apply(in -> mlpProj.forward(Activations.gelu(in)), h, dropoutRng, mlpProj.parameters())
+                    : mlpProj.forward(Activations.gelu(h)));
             if (branchScale != 1.0) m = Arith.mul(m, branchScale);
             return Arith.add(x, m);
         }
 
         /** q, k, v = c_attn(x) split in heads; causal softmax(q·kᵀ/√D)·v (q·kᵀ/D under μP); heads merged; c_proj. */
-        private Tensor attention(Tensor x) {
+        private Tensor attention(Tensor x, boolean recomputeCore) {
             Tensor qkv = cAttn.forward(x);
             if (qkvScale != null) qkv = Arith.mul(qkv, qkvScale);
-            return attnProj.forward(Attention.causalSelfAttentionPacked(qkv, nHead));
+            Tensor heads = recomputeCore
+                    ? Checkpoint.apply(in -> Attention.causalSelfAttentionPacked(in, nHead), qkv, null, List.of())
+                    : Attention.causalSelfAttentionPacked(qkv, nHead);
+            return attnProj.forward(heads);
         }
 
         private void copyFrom(Block src) {

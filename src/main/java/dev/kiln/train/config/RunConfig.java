@@ -97,6 +97,8 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         }
         oneOf("model.init", m.init(), GptConfig.INITS);
         nonNegative("model.mup_base_width", m.mup_base_width());
+        oneOf("model.arch", m.arch(), GptConfig.ARCHS);
+        validateArch(m);
 
         DataConfig d = data;
         notBlank("data.corpus", d.corpus());
@@ -208,6 +210,11 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         if (!(t.layer_drop_gamma() >= 0 && Double.isFinite(t.layer_drop_gamma()))) fail("train.layer_drop_gamma", "must be >= 0, got " + t.layer_drop_gamma());
         if (!(t.select_fraction() > 0 && t.select_fraction() <= 1))
             fail("train.select_fraction", "must be in (0, 1] (1 = off), got " + t.select_fraction());
+        if (dev.kiln.nn.Recompute.parse(t.recompute()) == null)
+            fail("train.recompute", "must be one of " + dev.kiln.nn.Recompute.NAMES + ", got " + t.recompute());
+        if (m.llama() && !"none".equals(t.recompute()))
+            fail("train.recompute", "is implemented for model.arch gpt only, got " + t.recompute() + " with model.arch llama", "model.arch");
+        positive("train.grad_accum_steps", t.grad_accum_steps());
 
         AveragingConfig a = averaging;
         unitInterval("averaging.ema_decay", a.ema_decay());
@@ -269,6 +276,30 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         if (!(pc.bucket_mb() > 0 && Double.isFinite(pc.bucket_mb()))) fail("parallel.bucket_mb", "must be > 0, got " + pc.bucket_mb());
         if (!(pc.timeout_s() > 0 && Double.isFinite(pc.timeout_s()))) fail("parallel.timeout_s", "must be > 0, got " + pc.timeout_s());
         return this;
+    }
+
+    /** model.arch's own keys and the GPT-only techniques: each key belongs to the architecture that reads it. */
+    private void validateArch(GptConfig m) {
+        if (!m.llama()) {
+            if (m.n_kv_head() != 0) fail("model.n_kv_head", "is a Llama key; set model.arch: llama to use it", "model.arch");
+            if (m.intermediate_size() != 0) fail("model.intermediate_size", "is a Llama key (GPT's MLP is 4·n_embd); set model.arch: llama to use it", "model.arch");
+            if (m.rope_theta() != GptConfig.DEFAULT_ROPE_THETA) fail("model.rope_theta", "is a Llama key (GPT has learned positions); set model.arch: llama to use it", "model.arch");
+            if (m.norm_eps() != GptConfig.DEFAULT_NORM_EPS) fail("model.norm_eps", "is a Llama key (GPT's LayerNorm eps is fixed at 1e-5); set model.arch: llama to use it", "model.arch");
+            return;
+        }
+        nonNegative("model.n_kv_head", m.n_kv_head());
+        if (m.n_kv_head() > 0 && m.n_head() % m.n_kv_head() != 0)
+            fail("model.n_kv_head", "must divide model.n_head (" + m.n_head() + "), got " + m.n_kv_head(), "model.n_head");
+        if (m.headSize() % 2 != 0) fail("model.n_embd", "must give an even head size n_embd/n_head for rotary embeddings, got " + m.headSize(), "model.n_head");
+        nonNegative("model.intermediate_size", m.intermediate_size());
+        if (!(m.rope_theta() > 0 && Double.isFinite(m.rope_theta()))) fail("model.rope_theta", "must be > 0, got " + m.rope_theta());
+        if (!(m.norm_eps() > 0 && Double.isFinite(m.norm_eps()))) fail("model.norm_eps", "must be > 0, got " + m.norm_eps());
+        if (m.bias()) fail("model.bias", "must be false for model.arch llama (Llama has no biases)", "model.arch");
+        if (m.dropout() != 0) fail("model.dropout", "must be 0 for model.arch llama (Llama has no dropout here)", "model.arch");
+        if (!m.init().equals("gpt2"))
+            fail("model.init", "must stay gpt2 (the default) for model.arch llama, which uses Hugging Face Llama's init (every matrix N(0, 0.02)); got \"" + m.init() + "\"", "model.arch");
+        if (growth.on()) fail("growth.at_step", "is implemented for model.arch gpt only", "model.arch");
+        if (train.layer_drop() > 0) fail("train.layer_drop", "is implemented for model.arch gpt only", "model.arch");
     }
 
     private static void positive(String key, int v) {

@@ -39,16 +39,22 @@ package dev.kiln.train.config;
  *                            highest loss; 1 = off
  * @param tensorboard         also write the metrics as TensorBoard scalars under runs/&lt;name&gt;/tb/ (a TFRecord
  *                            file of tensorflow.Event protos, a new file per process); true = on
+ * @param recompute           activation recomputation: none, full (per-block checkpointing) or selective (the attention
+ *                            core and GELU + MLP c_proj); see {@link dev.kiln.nn.Recompute}
+ * @param grad_accum_steps    gradient accumulation: each optimizer step sums the gradients of this many micro-batches of
+ *                            {@code batch_size} sequences (nanoGPT's convention: a step trains on k·batch_size·block_size
+ *                            tokens); 1 = off
  */
 public record TrainingConfig(String name, String out_dir, int max_iters, int batch_size, int eval_interval,
                              int eval_iters, int final_eval_iters, int log_interval, int checkpoint_interval,
                              int keep_checkpoints, long seed, int threads, String sample_prompt, int sample_tokens,
                              String budget_time, String budget_tokens, boolean budget_fit_schedule, int batch_size_start, int batch_ramp_iters,
                              double label_smoothing, double z_loss, int early_stop_patience, double early_stop_min_delta,
-                             double layer_drop, double layer_drop_gamma, double select_fraction, boolean tensorboard) {
+                             double layer_drop, double layer_drop_gamma, double select_fraction, boolean tensorboard,
+                             String recompute, int grad_accum_steps) {
     public static TrainingConfig defaults() {
         return new TrainingConfig("shakespeare_char", "runs", 2000, 12, 250, 20, 200, 10, 500, 2, 1337L, 0,
                 "\n", 300,
-                "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true);
+                "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true, "none", 1);
     }
 }

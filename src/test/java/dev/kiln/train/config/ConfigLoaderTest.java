@@ -43,7 +43,7 @@ class ConfigLoaderTest {
         assertEquals(new OptimConfig(1e-3, 1e-4, 100, 2000, 0.9, 0.99, 1e-8, 0.1, 1.0,
                 "adamw", "cosine", 0.2, 0.9, false, 0.001, 0.0, "none", 0), d.optim());
         assertEquals(new TrainingConfig("shakespeare_char", "runs", 2000, 12, 250, 20, 200, 10, 500, 2, 1337L, 0,
-                "\n", 300, "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true), d.train());
+                "\n", 300, "", "", true, 0, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.001, 1.0, true, "none", 1), d.train());
         assertEquals(new AveragingConfig(0.0, 0, 10, 0, 100), d.averaging());
         assertEquals(new GrowthConfig(0, 0, "copy"), d.growth());
         assertEquals("gpt2", d.model().init());
@@ -64,7 +64,7 @@ class ConfigLoaderTest {
     @Test
     void keysListsEveryLeaf() {
         List<String> keys = ConfigLoader.keys();
-        assertEquals(9 + 5 + 18 + 27 + 6 + 5 + 3 + 6 + 5 + 4 + 4, keys.size());
+        assertEquals(14 + 5 + 18 + 29 + 6 + 5 + 3 + 6 + 5 + 4 + 4, keys.size());
         assertEquals("model.n_layer", keys.getFirst());
         assertTrue(keys.contains("optim.learning_rate"));
         assertTrue(keys.contains("train.sample_tokens"));
@@ -81,6 +81,8 @@ class ConfigLoaderTest {
         fails(null, List.of("curriculum.competence_start=0"), "curriculum.competence_start", "(0, 1]");
         fails(null, List.of("train.select_fraction=0"), "train.select_fraction", "(0, 1]");
         fails(null, List.of("train.select_fraction=1.5"), "train.select_fraction");
+        fails(null, List.of("train.recompute=some"), "train.recompute", "none, full, selective");
+        fails(null, List.of("train.grad_accum_steps=0"), "train.grad_accum_steps");
         fails(null, List.of("data.dedup=fuzzy"), "data.dedup", "none, exact, minhash");
         fails(null, List.of("data.mixture=a.txt:0.5,b.txt:zero"), "data.mixture", "weight \"zero\" of b.txt is not a number");
         fails(null, List.of("data.mixture=a.txt:0,b.txt:0.0"), "data.mixture", "sum to 0");

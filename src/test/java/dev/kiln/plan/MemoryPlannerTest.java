@@ -1,0 +1,111 @@
+package dev.kiln.plan;
+
+import dev.kiln.data.Batch;
+import dev.kiln.nn.models.Gpt;
+import dev.kiln.optim.Optimizer;
+import dev.kiln.tensor.MemoryCategory;
+import dev.kiln.tensor.Rng;
+import dev.kiln.train.GradAccumulation;
+import dev.kiln.train.MemoryPeaks;
+import dev.kiln.train.RunSetup;
+import dev.kiln.train.config.ConfigLoader;
+import dev.kiln.train.config.RunConfig;
+import org.junit.jupiter.api.Test;
+
+import java.util.ArrayList;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** kiln plan's prediction against the memory account of real training steps on the CPU. */
+class MemoryPlannerTest {
+    private static final int VOCAB = 65;
+
+    private static RunConfig config(String... extra) {
+        List<String> o = new ArrayList<>(List.of("model.vocab_size=" + VOCAB, "train.threads=2"));
+        o.addAll(List.of(extra));
+        return ConfigLoader.load(null, o);
+    }
+
+    /** The peaks the account measures over two optimizer steps (the second is the steady state), model and optimizer included (not their construction's transient initial values). */
+    static MemoryPeaks measure(RunConfig cfg) {
+        MemoryPeaks peaks = MemoryPeaks.start();
+        Gpt model = (Gpt) RunSetup.buildModel(cfg);
+        Optimizer opt = RunSetup.optimizer(cfg.optim(), model);
+        peaks.restart();
+        model.train(true);
+        Rng rng = new Rng(5);
+        int b = cfg.train().batch_size(), t = cfg.model().block_size();
+        for (int step = 0; step < 2; step++) {
+            List<Batch> micro = new ArrayList<>();
+            for (int i = 0; i < cfg.train().grad_accum_steps(); i++) {
+                int[] x = new int[b * t], y = new int[b * t];
+                for (int j = 0; j < x.length; j++) {
+                    x[j] = rng.nextInt(VOCAB);
+                    y[j] = rng.nextInt(VOCAB);
+                }
+                micro.add(new Batch(x, y, b, t));
+            }
+            GradAccumulation.step(model, opt, micro, 1e-3, 1.0, 0, 0, 1.0);
+        }
+        return peaks;
+    }
+
+    private static void compare(String... settings) {
+        RunConfig cfg = config(settings);
+        Prediction p = MemoryPlanner.predict(cfg);
+        MemoryPeaks m = measure(cfg);
+        StringBuilder line = new StringBuilder(String.join(" ", settings) + ":");
+        for (MemoryCategory c : MemoryCategory.values())
+            line.append(String.format(" %s %d/%d", c.key(), p.peak(c), m.peak(c)));
+        line.append(String.format(" total %d/%d (%.2f%%)", p.peakTotal(), m.peakTotal(), 100.0 * (p.peakTotal() - m.peakTotal()) / m.peakTotal()));
+        System.out.println(line);
+        assertEquals(m.peak(MemoryCategory.PARAMETERS), p.peak(MemoryCategory.PARAMETERS), "parameters: " + line);
+        assertEquals(m.peak(MemoryCategory.GRADIENTS), p.peak(MemoryCategory.GRADIENTS), "gradients: " + line);
+        assertEquals(m.peak(MemoryCategory.OPTIMIZER_STATE), p.peak(MemoryCategory.OPTIMIZER_STATE), "optimizer state: " + line);
+        assertWithin(0.10, p.peak(MemoryCategory.ACTIVATIONS), m.peak(MemoryCategory.ACTIVATIONS), "activations: " + line);
+        assertWithin(0.10, p.peak(MemoryCategory.TEMPORARIES), m.peak(MemoryCategory.TEMPORARIES), "temporaries: " + line);
+        assertWithin(0.10, p.peakTotal(), m.peakTotal(), "total: " + line);
+    }
+
+    private static void assertWithin(double rel, long predicted, long measured, String what) {
+        assertTrue(Math.abs(predicted - measured) <= rel * measured, what);
+    }
+
+    private static final String[] SMALL = {"model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "train.batch_size=4",
+            "model.dropout=0.1"};
+    // heads of 128 × 128 tokens: the general attention kernel, with its B·H·T·T backward scratch
+    private static final String[] WIDE_HEADS = {"model.n_layer=2", "model.n_head=1", "model.n_embd=128", "model.block_size=128",
+            "train.batch_size=2", "model.dropout=0.0"};
+
+    private static String[] with(String[] base, String... more) {
+        List<String> o = new ArrayList<>(List.of(base));
+        o.addAll(List.of(more));
+        return o.toArray(String[]::new);
+    }
+
+    @Test
+    void baselineWithinTenPercent() {
+        compare(SMALL);
+        compare(WIDE_HEADS);
+    }
+
+    @Test
+    void fullRecomputeWithinTenPercent() {
+        compare(with(SMALL, "train.recompute=full"));
+        compare(with(WIDE_HEADS, "train.recompute=full"));
+    }
+
+    @Test
+    void selectiveRecomputeWithinTenPercent() {
+        compare(with(SMALL, "train.recompute=selective"));
+        compare(with(WIDE_HEADS, "train.recompute=selective"));
+    }
+
+    @Test
+    void gradAccumulationWithinTenPercent() {
+        compare(with(SMALL, "train.batch_size=1", "train.grad_accum_steps=4"));
+        compare(with(WIDE_HEADS, "train.batch_size=1", "train.grad_accum_steps=2", "train.recompute=full"));
+    }
+}
