@@ -55,13 +55,23 @@ class DataParallelTest {
         assertEquals(20, single.size());
     }
 
-    /** Each rank's losses, from the LOSSES lines of a {@link DistTrainMain} run. */
-    static List<List<Double>> losses(MpiRun.Result r, int np) {
+    /** The line starting with {@code prefix} of the result file {@link DistTrainMain} wrote for {@code rank} of run {@code name}. */
+    static String resultLine(MpiRun.Result r, String name, int rank, String prefix) {
         assertEquals(0, r.exitCode(), r.output());
+        try {
+            return java.nio.file.Files.readAllLines(tmp.resolve("runs").resolve(name).resolve("result-rank" + rank + ".txt")).stream()
+                    .filter(l -> l.startsWith(prefix)).findFirst().orElseThrow(() -> new AssertionError(r.output()));
+        } catch (java.io.IOException e) {
+            throw new AssertionError("no result file of rank " + rank + ": " + e + "\n" + r.output());
+        }
+    }
+
+    /** Each rank's losses, from the LOSSES lines of a {@link DistTrainMain} run. */
+    static List<List<Double>> losses(MpiRun.Result r, String name, int np) {
         List<List<Double>> out = new ArrayList<>();
         for (int rank = 0; rank < np; rank++) {
             String prefix = "LOSSES " + rank + " ";
-            String line = r.output().lines().filter(l -> l.startsWith(prefix)).findFirst().orElseThrow(() -> new AssertionError(r.output()));
+            String line = resultLine(r, name, rank, prefix);
             out.add(Arrays.stream(line.substring(prefix.length()).trim().split(" ")).map(Double::parseDouble).toList());
         }
         return out;
@@ -75,19 +85,25 @@ class DataParallelTest {
     }
 
     /** Each rank's measured {param, grad, optimizer state} bytes, from the MEMORY lines. */
-    static long[][] memory(MpiRun.Result r, int np) {
+    static long[][] memory(MpiRun.Result r, String name, int np) {
         long[][] out = new long[np][];
         for (int rank = 0; rank < np; rank++) {
             String prefix = "MEMORY " + rank + " ";
-            String line = r.output().lines().filter(l -> l.startsWith(prefix)).findFirst().orElseThrow(() -> new AssertionError(r.output()));
+            String line = resultLine(r, name, rank, prefix);
             out[rank] = Arrays.stream(line.substring(prefix.length()).trim().split(" ")).mapToLong(Long::parseLong).toArray();
         }
         return out;
     }
 
-    static MpiRun.Result sameLossesAsSingleProcess(int np, String name, String... extra) throws Exception {
+    record Run(MpiRun.Result result, String name) {
+        String output() {
+            return result.output();
+        }
+    }
+
+    static Run sameLossesAsSingleProcess(int np, String name, String... extra) throws Exception {
         var r = MpiRun.run(np, DistTrainMain.class.getName(), 150, config(name, extra).toArray(String[]::new));
-        var all = losses(r, np);
+        var all = losses(r, name, np);
         double worst = 0;
         for (List<Double> l : all) {
             assertEquals(all.getFirst(), l, "every rank logs the same global loss");
@@ -96,13 +112,13 @@ class DataParallelTest {
         System.out.printf("%s np %d: max relative loss difference to single process over 20 steps %.3g (%.1f s)%n", name, np, worst, r.seconds());
         assertTrue(worst < TOLERANCE, name + ": max rel diff " + worst + "\n" + r.output());
         assertTrue(single.getLast() < single.getFirst() - 0.05, "the run learns: " + single);
-        return r;
+        return new Run(r, name);
     }
 
     @Test
     void ddpOnTwoRanks() throws Exception {
         var r = sameLossesAsSingleProcess(2, "ddp2", "parallel.zero_stage=0");
-        for (long[] m : memory(r, 2)) // plain DDP replicates everything
+        for (long[] m : memory(r.result(), r.name(), 2)) // plain DDP replicates everything
             assertArrayEqualsMemory(new long[]{singleMemory.parameterBytes(), singleMemory.gradientBytes(), singleMemory.optimizerStateBytes()}, m);
     }
 
@@ -115,8 +131,8 @@ class DataParallelTest {
      * Whole parameters are owned, so a rank's share is ≈ 1/N up to the greedy balance; measured, it must be within
      * 10% of 1/N, and the shares must add up to the unsharded total exactly.
      */
-    static void shardedMemory(MpiRun.Result r, int np, boolean gradsSharded) {
-        long[][] m = memory(r, np);
+    static void shardedMemory(Run r, int np, boolean gradsSharded) {
+        long[][] m = memory(r.result(), r.name(), np);
         long stateSum = 0, gradSum = 0;
         for (long[] rank : m) {
             assertEquals(singleMemory.parameterBytes(), rank[0], "stages 1 and 2 keep every parameter");
@@ -148,8 +164,8 @@ class DataParallelTest {
      * ≈ 1/N of the single process's params + grads + optimizer state (within 10%: whole parameters are owned), and
      * the shards add up to the whole exactly.
      */
-    static void zero3Memory(MpiRun.Result r, int np) {
-        long[][] m = memory(r, np);
+    static void zero3Memory(Run r, int np) {
+        long[][] m = memory(r.result(), r.name(), np);
         long whole = singleMemory.trainingStateBytes(), sum = 0;
         StringBuilder shares = new StringBuilder();
         for (long[] rank : m) {
@@ -186,7 +202,7 @@ class DataParallelTest {
     void zero2CheckpointResumesInOneProcess() throws Exception {
         var r = MpiRun.run(2, DistTrainMain.class.getName(), 150,
                 config("resume_np2_np1", "parallel.zero_stage=2", "train.max_iters=10").toArray(String[]::new));
-        List<Double> first = losses(r, 2).getFirst();
+        List<Double> first = losses(r, "resume_np2_np1", 2).getFirst();
         assertTrue(maxRelDiff(first, single.subList(0, 10)) < TOLERANCE);
         Path ckpt = tmp.resolve("runs/resume_np2_np1/checkpoints/step-000010");
         var state = dev.kiln.tensor.Safetensors.read(ckpt.resolve("optimizer.safetensors")).tensors();

@@ -13,6 +13,7 @@ import java.util.Arrays;
  */
 public final class DistTrainMain {
     public static void main(String[] args) {
+        // (also written to runs/<name>/result-rank<R>.txt)
         boolean resume = Arrays.asList(args).contains("--resume");
         var cfg = ConfigLoader.load(null, Arrays.stream(args).filter(a -> !a.startsWith("--")).toList());
         int worldRank = Integer.parseInt(System.getenv().getOrDefault("OMPI_COMM_WORLD_RANK", "0"));
@@ -36,7 +37,14 @@ public final class DistTrainMain {
         for (double l : r.losses()) sb.append(' ').append(l);
         System.out.println(sb);
         var m = r.memory();
-        System.out.println("MEMORY " + rank + " " + m.parameterBytes() + " " + m.gradientBytes() + " " + m.optimizerStateBytes());
+        String memory = "MEMORY " + rank + " " + m.parameterBytes() + " " + m.gradientBytes() + " " + m.optimizerStateBytes();
+        System.out.println(memory);
+        // the ranks share mpirun's stdout, where lines can interleave mid-line: the test reads these files instead
+        try {
+            java.nio.file.Files.writeString(r.runDir().resolve("result-rank" + rank + ".txt"), sb + "\n" + memory + "\n");
+        } catch (java.io.IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
         DataParallel dp = DataParallel.active();
         if (dp != null) System.out.println("COMM " + rank + " " + dp.group().stats());
         System.out.flush();
