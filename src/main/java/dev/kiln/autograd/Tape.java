@@ -8,6 +8,7 @@ import dev.kiln.tensor.Tensor;
 import java.util.ArrayList;
 import java.util.IdentityHashMap;
 import java.util.List;
+import java.util.function.Consumer;
 
 /**
  * Tape-based reverse-mode autograd. Each differentiable op that sees an input requiring grad
@@ -25,12 +26,17 @@ public final class Tape {
         void apply(Tensor gradOut, Grads grads);
     }
 
-    private record Node(Tensor output, Backward fn) {}
+    private record Node(Tensor output, Backward fn, Tensor[] inputs, Runnable marker) {
+        Node(Tensor output, Backward fn, Tensor[] inputs) {
+            this(output, fn, inputs, null);
+        }
+    }
 
     private static final ThreadLocal<Tape> CURRENT = ThreadLocal.withInitial(Tape::new);
 
     private final List<Node> nodes = new ArrayList<>();
     private int noGradDepth;
+    private Consumer<Tensor> gradReady; // called with each leaf once no later node can add to its gradient
 
     private Tape() {}
 
@@ -81,8 +87,29 @@ public final class Tape {
         if (!any) return out;
         out.requiresGrad(true);
         out.markNonLeaf();
-        t.nodes.add(new Node(out, fn));
+        t.nodes.add(new Node(out, fn, inputs));
         return out;
+    }
+
+    /**
+     * Records a point in the tape: backward runs {@code atBackward} when it reaches it, i.e. after every node recorded
+     * later and before every node recorded earlier. ZeRO-3 marks each block's start and end, to gather the block's
+     * parameters before its backward nodes run and to free them after. Nothing is recorded in no-grad mode.
+     */
+    public static void mark(Runnable atBackward) {
+        Tape t = CURRENT.get();
+        if (t.noGradDepth > 0) return;
+        t.nodes.add(new Node(null, null, new Tensor[0], atBackward));
+    }
+
+    /**
+     * Until cleared (null), every backward on this thread calls {@code hook} with each leaf that requires grad as
+     * soon as its gradient is final: right after the earliest recorded node that takes it as an input has run
+     * (nodes run in reverse, so no later one can add to it). Data parallelism uses it to start reducing a
+     * gradient bucket while backward goes on (PyTorch DDP's autograd hooks).
+     */
+    public static void setGradReadyHook(Consumer<Tensor> hook) {
+        CURRENT.get().gradReady = hook;
     }
 
     /**
@@ -142,16 +169,40 @@ public final class Tape {
                 return;
             }
             grads.seed(output, gradOut);
+            List<List<Tensor>> readyAfter = t.gradReady == null ? null : leavesByEarliestUse(t.nodes);
             for (int i = t.nodes.size() - 1; i >= 0; i--) {
                 Node n = t.nodes.get(i);
+                if (n.marker != null) {
+                    n.marker.run();
+                    continue;
+                }
                 Tensor g = grads.take(n.output);
-                if (g == null) continue;
-                n.fn.apply(g, grads);
-                if (g != gradOut) g.release();
+                if (g != null) {
+                    n.fn.apply(g, grads);
+                    if (g != gradOut) g.release();
+                }
+                if (readyAfter != null && readyAfter.get(i) != null) for (Tensor leaf : readyAfter.get(i)) t.gradReady.accept(leaf);
             }
         } finally {
             t.nodes.clear();
         }
+    }
+
+    /** For each node index, the grad-requiring leaves whose earliest use is that node (null where none). */
+    private static List<List<Tensor>> leavesByEarliestUse(List<Node> nodes) {
+        IdentityHashMap<Tensor, Integer> earliest = new IdentityHashMap<>();
+        for (int i = nodes.size() - 1; i >= 0; i--)
+            for (Tensor in : nodes.get(i).inputs)
+                if (in != null && in.isLeaf() && in.requiresGrad()) earliest.put(in, i);
+        List<List<Tensor>> out = new ArrayList<>(java.util.Collections.nCopies(nodes.size(), (List<Tensor>) null));
+        // in order of the nodes' inputs, so every rank of a data-parallel job sees the same order
+        for (int i = 0; i < nodes.size(); i++)
+            for (Tensor in : nodes.get(i).inputs)
+                if (in != null && earliest.get(in) != null && earliest.get(in) == i) {
+                    if (out.get(i) == null) out.set(i, new ArrayList<>());
+                    if (!out.get(i).contains(in)) out.get(i).add(in);
+                }
+        return out;
     }
 
     /** Gradient buffers of one backward pass: interior ones in a map, leaves in {@link Tensor#grad()}. */

@@ -17,7 +17,11 @@ public final class Main implements Runnable {
     }
 
     public static void main(String[] args) {
-        System.exit(execute(args));
+        int code = execute(args);
+        // under mpirun: a rank that fails ends the whole job at once (the others would wait in a collective), otherwise MPI_Finalize
+        if (code != 0) dev.kiln.dist.MpiProcessGroup.abortIfStarted("kiln: rank " + System.getenv("OMPI_COMM_WORLD_RANK") + " failed (exit code " + code + "); aborting all ranks");
+        dev.kiln.dist.MpiProcessGroup.finish();
+        System.exit(code);
     }
 
     /** Runs the CLI and returns the exit code (0 ok, 2 user error, 1 internal error). */

@@ -20,7 +20,7 @@ public final class Storage {
     private final long bytes;
     private final Device device;
     private MemoryCategory category;
-    private boolean released;
+    private boolean released, evicted;
     private Pager pager;
     private boolean dirty;
 
@@ -59,6 +59,7 @@ public final class Storage {
         MemorySegment b = block;
         if (b != null && !released) return b;
         if (released || deviceBlock != null) throw unreadable();
+        if (evicted) throw new IllegalStateException("tensor memory is evicted (a parameter sharded away by ZeRO-3 and not gathered)");
         pageIn(true);
         return block;
     }
@@ -80,14 +81,38 @@ public final class Storage {
         return bytes;
     }
 
-    /** Whether the bytes are in memory (false only while paged out). */
+    /** Whether the bytes are there to use: not released, not paged out, not evicted. */
     public boolean isResident() {
-        return block != null || deviceBlock != null;
+        return !released && (block != null || deviceBlock != null);
+    }
+
+    /**
+     * Hands the block back to the allocator while the tensors on it live on (ZeRO-3 frees a parameter another rank
+     * owns between uses); any use before {@link #restore} fails. Idempotent.
+     */
+    public synchronized void evict() {
+        if (released || evicted) return;
+        if (block == null) throw new IllegalStateException("only resident host memory can be evicted");
+        if (pager != null) throw new IllegalStateException("offloaded (paged) memory cannot also be evicted");
+        evicted = true;
+        MemoryTracker.freed(device, category, bytes);
+        HostAllocator.free(block);
+        block = null;
+    }
+
+    /** Gives an evicted storage a block again (contents undefined: the caller fills it). No-op when resident. */
+    public synchronized void restore() {
+        if (released) throw new IllegalStateException("tensor memory was released; it cannot be restored");
+        if (!evicted) return;
+        block = HostAllocator.allocate(bytes);
+        MemoryTracker.allocated(device, category, bytes);
+        evicted = false;
     }
 
     /** Makes {@code pager} this storage's backing slot and saves the current contents to it. */
     public synchronized void attachPager(Pager pager) {
         if (this.pager != null) throw new IllegalStateException("storage already has a pager");
+        if (evicted) throw new IllegalStateException("evicted memory cannot be paged");
         if (deviceBlock != null) throw new IllegalStateException("device memory is offloaded by its backend, not paged by the host");
         this.pager = pager;
         pager.save(segment());
@@ -129,8 +154,10 @@ public final class Storage {
     /** Moves the block's bytes to another category (memory whose role changed, e.g. a kept recompute output). */
     void reattribute(MemoryCategory to) {
         if (released || to == category) return;
-        MemoryTracker.freed(device, category, byteSize());
-        MemoryTracker.allocated(device, to, byteSize());
+        if (isResident()) { // paged-out or evicted bytes are not in the account
+            MemoryTracker.freed(device, category, bytes);
+            MemoryTracker.allocated(device, to, bytes);
+        }
         category = to;
     }
 
@@ -143,7 +170,8 @@ public final class Storage {
             MemoryTracker.freed(device, category, bytes);
         } else if (block != null) {
             HostAllocator.free(block);
-            MemoryTracker.freed(device, category, bytes); // a paged-out block was uncounted at page-out
+            MemoryTracker.freed(device, category, bytes); // paged-out or evicted bytes were uncounted already
         }
+        block = null;
     }
 }

@@ -66,13 +66,18 @@ public final class CheckpointStore {
         this.dir = runDir.resolve("checkpoints");
     }
 
+    /** Where the checkpoint of step {@code step} is (or would be) saved. */
+    public Path stepDirectory(long step) {
+        return dir.resolve(String.format("step-%06d", step));
+    }
+
     public Path directory() {
         return dir;
     }
 
     /** Writes a checkpoint for {@code state.step()} and prunes all but the newest {@code keep}. */
     public Path save(CausalLm model, Optimizer optimizer, List<WeightAverage> averages, TrainerState state, JsonNode config, int keep) {
-        Path target = dir.resolve(String.format("step-%06d", state.step()));
+        Path target = stepDirectory(state.step());
         Path tmp = dir.resolve(".tmp-" + target.getFileName());
         try {
             Files.createDirectories(dir);

@@ -28,6 +28,28 @@ public record MemoryAccount(long parameters, long parameterBytes, long trainable
         return new MemoryAccount(n, bytes, trainable, gradBytes, state, opt.name());
     }
 
+    /**
+     * What this process holds right now, measured rather than implied: parameters whose memory is live, gradient
+     * buffers that exist, optimizer state tensors. Under ZeRO a rank holds only its shard of the last two (and of
+     * the first at stage 3); in a single process after a step it equals {@link #of}.
+     */
+    public static MemoryAccount measured(Module model, Optimizer opt) {
+        long n = 0, bytes = 0, trainable = 0, gradBytes = 0, state = 0;
+        for (Parameter p : model.parameters()) {
+            n += p.numel();
+            if (p.storage().isResident()) bytes += p.numel() * p.dtype().byteSize();
+            if (p.requiresGrad()) trainable += p.numel();
+            if (p.grad() != null) gradBytes += p.grad().numel() * p.grad().dtype().byteSize();
+        }
+        for (Tensor t : opt.stateDict().values()) state += t.numel() * t.dtype().byteSize();
+        return new MemoryAccount(n, bytes, trainable, gradBytes, state, opt.name());
+    }
+
+    /** Parameter, gradient and optimizer-state bytes together. */
+    public long trainingStateBytes() {
+        return parameterBytes + gradientBytes + optimizerStateBytes;
+    }
+
     /** Adds the account's fields to a metrics record. */
     public ObjectNode record(ObjectNode rec) {
         return rec.put("params", parameters).put("param_bytes", parameterBytes).put("trainable_params", trainableParameters)

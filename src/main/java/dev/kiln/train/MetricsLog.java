@@ -28,9 +28,16 @@ public final class MetricsLog implements AutoCloseable {
         this(file, keepUpToStep, resume, null);
     }
 
-    /** As above, copying every record to {@code tb} too (null: none); {@code tb} stays open on {@link #close}, its owner closes it. */
+    /**
+     * As above, copying every record to {@code tb} too (null: none); {@code tb} stays open on {@link #close}, its owner
+     * closes it. A null {@code file} writes nothing (the ranks of a data-parallel job other than rank 0).
+     */
     public MetricsLog(Path file, long keepUpToStep, boolean resume, TbEvents tb) {
         this.tb = tb;
+        if (file == null) {
+            out = null;
+            return;
+        }
         try {
             if (resume && Files.exists(file)) {
                 List<String> kept = new ArrayList<>();
@@ -61,6 +68,7 @@ public final class MetricsLog implements AutoCloseable {
     }
 
     public void write(ObjectNode rec) {
+        if (out == null) return;
         try {
             out.write(JSON.writeValueAsString(rec));
             out.newLine();
@@ -80,6 +88,7 @@ public final class MetricsLog implements AutoCloseable {
 
     @Override
     public void close() {
+        if (out == null) return;
         try {
             out.close();
         } catch (IOException ignored) {

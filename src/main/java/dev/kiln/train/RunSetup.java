@@ -1,6 +1,9 @@
 package dev.kiln.train;
 
 import dev.kiln.KilnException;
+import dev.kiln.dist.DataParallel;
+import dev.kiln.dist.ShardedOptimizer;
+import dev.kiln.nn.Parameter;
 import dev.kiln.hf.HfDirectory;
 import dev.kiln.hf.HfInterchange;
 import dev.kiln.nn.Lora;
@@ -74,9 +77,17 @@ public final class RunSetup {
         };
     }
 
-    /** The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters (LoRA: the adapters only). */
+    /**
+     * The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters
+     * (LoRA: the adapters only); under ZeRO (parallel.zero_stage >= 1) this rank's optimizer covers only the parameters it owns.
+     */
     public static Optimizer optimizer(OptimConfig oc, CausalLm model) {
-        return optimizer(oc, model, model.trainableParameters());
+        try (var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
+            DataParallel dp = DataParallel.active();
+            if (dp == null || dp.zeroStage() == 0) return newOptimizer(oc, model, model.trainableParameters());
+            return new ShardedOptimizer(newOptimizer(oc, model, dp.optimizerShard(model.trainableParameters())), dp,
+                    () -> newOptimizer(oc, model, model.trainableParameters()));
+        }
     }
 
     /** {@link #optimizer(OptimConfig, CausalLm)} over some of the model's trainable parameters (offload: one block's). */

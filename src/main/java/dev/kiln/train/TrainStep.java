@@ -3,6 +3,7 @@ package dev.kiln.train;
 import dev.kiln.autograd.Tape;
 import dev.kiln.data.Batch;
 import dev.kiln.data.BatchSampler;
+import dev.kiln.dist.DataParallel;
 import dev.kiln.nn.models.CausalLm;
 import dev.kiln.ops.Arith;
 import dev.kiln.optim.GradClip;
@@ -72,7 +73,8 @@ public final class TrainStep {
             }
         }
         if (!Double.isFinite(loss)) return new StepResult(loss, Double.NaN);
-        double norm = GradClip.clip(model.parameters(), gradClip);
+        DataParallel dp = DataParallel.active();
+        double norm = dp == null ? GradClip.clip(model.parameters(), gradClip) : dp.clip(model.parameters(), gradClip);
         if (Double.isFinite(norm)) opt.step(lr);
         model.zeroGrad();
         return new StepResult(loss, norm);
@@ -102,12 +104,16 @@ public final class TrainStep {
                 lossT = model.loss(Tensor.ofInts(trained.inputs(), b, t), Tensor.ofInts(trained.targets(), b, t), labelSmoothing, zLoss);
             }
             double loss = lossT.item();
+            DataParallel dp = DataParallel.active(); // data parallel: the global batch's loss, and gradients averaged across ranks
+            if (dp != null) loss = dp.meanLoss(loss);
             if (!Double.isFinite(loss)) {
                 Tape.clear();
                 model.zeroGrad();
                 return loss;
             }
+            if (dp != null) dp.beforeBackward();
             Tape.backward(gradScale == 1.0 ? lossT : Arith.mul(lossT, gradScale));
+            if (dp != null) dp.afterBackward();
             return loss;
         }
     }

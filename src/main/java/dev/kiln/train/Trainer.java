@@ -10,6 +10,7 @@ import dev.kiln.data.Dedup;
 import dev.kiln.data.WindowScores;
 import dev.kiln.data.PreparedData;
 import dev.kiln.data.TokenShard;
+import dev.kiln.dist.DataParallel;
 import dev.kiln.nn.Qat;
 import dev.kiln.nn.models.Generator;
 import dev.kiln.nn.models.CausalLm;
@@ -60,12 +61,14 @@ public final class Trainer {
      * what ended a run that finished: max_iters, budget_tokens, budget_time or early_stop.
      */
     public record Result(Path runDir, long firstStep, long lastStep, List<Double> losses, double finalValLoss,
-                         double seconds, double tokensPerSecond, String sample, String stoppedBy, String endedBy) {}
+                         double seconds, double tokensPerSecond, String sample, String stoppedBy, String endedBy,
+                         MemoryAccount memory) {}
 
     private final RunConfig cfg;
     private final boolean resume;
     private final PrintStream out;
     private final boolean interactive;
+    private final boolean lead;
     private long corruptAtStep = -1;
     private int corruptionsLeft;
     private BiConsumer<Long, Batch> batchObserver;
@@ -74,8 +77,9 @@ public final class Trainer {
     public Trainer(RunConfig cfg, boolean resume, PrintStream out, boolean interactive) {
         this.cfg = cfg;
         this.resume = resume;
-        this.out = out;
-        this.interactive = interactive;
+        this.lead = ParallelRun.isLeadProcess(); // under mpirun only rank 0 prints and writes the run's files
+        this.out = lead ? out : new PrintStream(java.io.OutputStream.nullOutputStream());
+        this.interactive = interactive && lead;
     }
 
     /**
@@ -105,7 +109,8 @@ public final class Trainer {
         CpuBackend.configure(tc.threads());
         Devices.requireTrainable(Device.parse(tc.device()));   // before anything is written: no GPU is a one-line error
         memory = MemoryPeaks.start();
-        PreparedData data = Workspace.prepareData(cfg.data());
+        // under mpirun rank 0 prepares the data cache first, then the other ranks open it
+        PreparedData data = ParallelRun.leadFirst(() -> Workspace.prepareData(cfg.data()));
         // a mixture: every member's training shard (member 0 is `data`: its validation split and tokenizer are the run's)
         List<PreparedData> members = cfg.data().mixture().isBlank() ? List.of(data) : Workspace.prepareMixture(cfg.data());
         GptConfig mc = cfg.model().vocab_size() > 0 ? cfg.model() : cfg.model().withVocabSize(data.tokenizer().vocabSize());
@@ -118,10 +123,13 @@ public final class Trainer {
         CheckpointStore store = new CheckpointStore(runDir);
         if (!resume && !store.list().isEmpty())
             throw new TrainingException("run directory " + runDir + " already has checkpoints; use --resume to continue it, or pick another name (--set train.name=…)");
-        writeRunFiles(runDir, resolved, data);
-        store.removeUnfinished();
+        if (lead) {
+            writeRunFiles(runDir, resolved, data);
+            store.removeUnfinished();
+        }
 
         CausalLm model = RunSetup.buildModel(resolved);
+        ParallelRun.start(cfg, model, out); // data parallelism under mpirun (DataParallel.active()); nothing in a single process
         if (!cfg.lora().init_from().isEmpty() && !(resume && !store.list().isEmpty())) RunSetup.loadBase(model, cfg.lora().init_from(), out);
         Offload offload = Offload.open(resolved.train(), runDir, model); // closed with the shards below
         Optimizer opt;
@@ -188,7 +196,7 @@ public final class Trainer {
                         cfg.qat().weights() && cfg.qat().activations() ? "weights and inputs" : cfg.qat().weights() ? "weights" : "inputs", cfg.qat().start_step());
             HostAllocator.setLimit(cfg.faults().host_memory_limit_mib() * 1024 * 1024);
             // one TensorBoard event file per process, shared by the step log and the final evaluation's record
-            TbEvents tb = cfg.train().tensorboard() ? TbEvents.open(runDir.resolve("tb"), initial.step(), resume) : null;
+            TbEvents tb = cfg.train().tensorboard() && lead ? TbEvents.open(runDir.resolve("tb"), initial.step(), resume) : null;
             try (StopRequests stops = StopRequests.install(cfg.faults().preempt_file().isEmpty() ? null : Path.of(cfg.faults().preempt_file()), out)) {
                 return loop(model, opt, layerDrop, averages, schedule, sampler, valShard, store, configJson, initial, resumedFrom, runDir, data, stops, account, tb);
             } finally {
@@ -206,6 +214,8 @@ public final class Trainer {
 
     private static CheckpointStore.TrainerState restore(Path checkpoint, CausalLm model, Optimizer opt, List<WeightAverage> averages, BatchSampler sampler,
                                                         LayerDrop layerDrop) {
+        DataParallel dp = DataParallel.active();
+        if (dp != null) dp.gatherAllParameters(); // ZeRO-3: the checkpoint is loaded into whole parameters
         CheckpointStore.TrainerState st = CheckpointStore.load(checkpoint, model, opt, averages);
         sampler.restore(st.samplerState());
         long[] counts = st.memberTokens();
@@ -249,7 +259,7 @@ public final class Trainer {
         double emaMs = 0;
         long tokensThisProcess = 0;
         Path lastCheckpoint = resumedFrom; // the last checkpoint known good: verified on resume, or written by this run
-        try (MetricsLog metrics = new MetricsLog(runDir.resolve("metrics.jsonl"), start, resume, tb);
+        try (MetricsLog metrics = new MetricsLog(lead ? runDir.resolve("metrics.jsonl") : null, start, resume, tb);
              Progress progress = new Progress(out, start, length.expectedSteps(start, budgetClock0), interactive)) {
             model.train(true);
             metrics.write(account.record(metrics.record().put("step", start)));
@@ -289,6 +299,8 @@ public final class Trainer {
                 double competence = curriculum.competence(step);
                 List<Batch> micro = GradAccumulation.draw(sampler, k, b, seqLen, competence);
                 if (batchObserver != null) for (Batch mb : micro) batchObserver.accept(step, mb);
+                DataParallel dp = DataParallel.active();
+                if (dp != null) micro = micro.stream().map(dp::slice).toList(); // this rank's rows of each global micro-batch
                 TrainStep.StepResult r = GradAccumulation.step(model, opt, micro, lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss(), tc.select_fraction());
                 model.setLayerPlan(null, null);
                 long done = step + 1;
@@ -390,11 +402,12 @@ public final class Trainer {
                 if (done % tc.checkpoint_interval() == 0 || last || stop != null) {
                     double spent = budgetClock0 + (System.nanoTime() - runStart) / 1e9;
                     try {
-                        lastCheckpoint = store.save(model, opt, averages, new CheckpointStore.TrainerState(done, sampler.state(),
+                        var state = new CheckpointStore.TrainerState(done, sampler.state(),
                                 model.dropoutRng().state(), opt.stepCount(), lrScale, rollbacks, tokensSeen, spent, bestVal, staleEvals,
                                 model.depth(), layerDrop == null ? 0 : layerDrop.rngState(),
-                                cfg.data().mixture().isBlank() ? new long[0] : sampler.memberTokens()),
-                                configJson, tc.keep_checkpoints());
+                                cfg.data().mixture().isBlank() ? new long[0] : sampler.memberTokens());
+                        lastCheckpoint = dp == null ? store.save(model, opt, averages, state, configJson, tc.keep_checkpoints())
+                                : dp.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done));
                     } catch (TrainingException e) {
                         if (!faults.continue_on_checkpoint_error() || stop != null) throw e;
                         metrics.write(metrics.record().put("step", done).put("checkpoint_error", e.getMessage()));
@@ -414,13 +427,14 @@ public final class Trainer {
         }
         double seconds = (System.nanoTime() - runStart) / 1e9;
         if (stopReason != null) {
-            return new Result(runDir, start, lastDone, losses, Double.NaN, seconds, 0, "", stopReason, null);
+            return new Result(runDir, start, lastDone, losses, Double.NaN, seconds, 0, "", stopReason, null, MemoryAccount.measured(model, opt));
         }
         double tokPerSec = losses.isEmpty() ? 0 : tokensThisProcess / seconds;
+        MemoryAccount held = MemoryAccount.measured(model, opt); // after the last step, before evaluation and sampling
         double finalVal = Double.NaN;
         if (tc.final_eval_iters() > 0) {
             finalVal = Evaluation.evaluate(model, valShard, tc.batch_size(), t, tc.final_eval_iters(), tc.seed() + 1);
-            try (MetricsLog metrics = new MetricsLog(runDir.resolve("metrics.jsonl"), Long.MAX_VALUE, true, tb)) {
+            try (MetricsLog metrics = new MetricsLog(lead ? runDir.resolve("metrics.jsonl") : null, Long.MAX_VALUE, true, tb)) {
                 ObjectNode rec = metrics.record().put("step", lastDone).put("val_loss", finalVal).put("eval_batches", tc.final_eval_iters())
                         .put("tokens", tokensSeen).put("elapsed_s", budgetClock0 + seconds).put("final", true).put("ended_by", endedBy);
                 putMemberTokens(rec, sampler);
@@ -438,6 +452,7 @@ public final class Trainer {
                 losses.size(), Progress.formatDuration(Math.round(seconds)), tokPerSec, endedBy, finalVal, tc.final_eval_iters(),
                 lastCheckpoint == null ? "none" : lastCheckpoint);
         out.println("kiln: " + memory.summary());
+        ParallelRun.reportCommunication(out);
         if (!cfg.data().mixture().isBlank()) {
             long[] mt = sampler.memberTokens();
             long all = java.util.Arrays.stream(mt).sum();
@@ -456,7 +471,7 @@ public final class Trainer {
             out.println(sample);
             out.println("----------------");
         }
-        return new Result(runDir, start, lastDone, losses, finalVal, seconds, tokPerSec, sample, null, endedBy);
+        return new Result(runDir, start, lastDone, losses, finalVal, seconds, tokPerSec, sample, null, endedBy, held);
     }
 
     /** With a mixture, the input tokens drawn from each member so far, as {@code member_tokens: [..]}. */

@@ -59,6 +59,23 @@ public final class Gpt extends CausalLm {
     private double[] keepProb;
     private long blocksRun, blocksSkipped;
     private Recompute recompute = Recompute.NONE;
+    private UnitHook unitHook;
+
+    /**
+     * Called around the model's units in every forward: unit −1 (the embeddings, final norm and tied head) is entered
+     * at the start and exited at the end, block i around its forward. ZeRO-3 gathers a unit's parameters on entry
+     * and frees them on exit.
+     */
+    public interface UnitHook {
+        void enter(int unit);
+
+        void exit(int unit);
+    }
+
+    /** Sets (or with null clears) the {@link UnitHook}. */
+    public void setUnitHook(UnitHook hook) {
+        this.unitHook = hook;
+    }
 
     /** Standard deviations of the three tensor classes an initialisation distinguishes. */
     private record Init(double embedding, double matrix, double projection) {
@@ -180,6 +197,8 @@ public final class Gpt extends CausalLm {
             throw new IllegalArgumentException("sequence length " + t + " exceeds block_size " + config.block_size());
         int[] pos = new int[t];
         for (int i = 0; i < t; i++) pos[i] = i;
+        UnitHook hook = unitHook;
+        if (hook != null) hook.enter(-1);
         Tensor x = Arith.add(wte.forward(idx), wpe.forward(Tensor.ofInts(pos, t)));
         x = drop.forward(x);
         boolean planned = keep != null && isTraining(); // layer drop: training only, never in eval
@@ -190,17 +209,21 @@ public final class Gpt extends CausalLm {
             }
             Block block = blocks.get(i);
             double scale = planned ? 1.0 / keepProb[i] : 1.0;
+            if (hook != null) hook.enter(i);
             if (hooks != null) x = hooks.beforeBlock(i, x);
             x = recompute == Recompute.FULL
                     ? Checkpoint.apply(in -> block.forward(in, scale, Recompute.NONE), x, dropoutRng, block.parameters())
                     : block.forward(x, scale, recompute);
             if (hooks != null) x = hooks.afterBlock(i, x);
+            if (hook != null) hook.exit(i);
             blocksRun++;
         }
         x = lnF.forward(x);
         double r = config.mupRatio();
         if (r != 1.0) x = Arith.mul(x, r); // μP output multiplier (on the C-wide input of the head: cheaper than on V logits)
-        return Linalg.linear(x, wte.weight, null);
+        Tensor logits = Linalg.linear(x, wte.weight, null);
+        if (hook != null) hook.exit(-1);
+        return logits;
     }
 
     // ---- progressive stacking ------------------------------------------------------------------------

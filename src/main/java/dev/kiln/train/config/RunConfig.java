@@ -8,11 +8,11 @@ import java.util.Set;
 /**
  * Everything one training job needs, as read from a YAML/JSON file and {@code --set} overrides by
  * {@link ConfigLoader}. Top-level keys: {@code model}, {@code data}, {@code optim}, {@code train}, {@code faults},
- * {@code averaging}, {@code growth}, {@code curriculum}, {@code lora}, {@code qat}.
+ * {@code averaging}, {@code growth}, {@code curriculum}, {@code lora}, {@code qat}, {@code parallel}.
  */
 public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, TrainingConfig train, FaultConfig faults,
                         AveragingConfig averaging, GrowthConfig growth, CurriculumConfig curriculum,
-                        LoraConfig lora, QatConfig qat) {
+                        LoraConfig lora, QatConfig qat, ParallelConfig parallel) {
 
     /** Tokenizers {@code data.tokenizer} may name. */
     public static final Set<String> TOKENIZERS = Set.of("char", "gpt2");
@@ -39,23 +39,24 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
     public static RunConfig defaults() {
         return new RunConfig(new GptConfig(4, 4, 128, 64, 0, 0.0, true),
                 DataConfig.defaults(), OptimConfig.defaults(), TrainingConfig.defaults(), FaultConfig.defaults(),
-                AveragingConfig.defaults(), GrowthConfig.defaults(), CurriculumConfig.defaults(), LoraConfig.defaults(), QatConfig.defaults());
+                AveragingConfig.defaults(), GrowthConfig.defaults(), CurriculumConfig.defaults(), LoraConfig.defaults(), QatConfig.defaults(),
+                ParallelConfig.defaults());
     }
 
     public RunConfig withModel(GptConfig model) {
-        return new RunConfig(model, data, optim, train, faults, averaging, growth, curriculum, lora, qat);
+        return new RunConfig(model, data, optim, train, faults, averaging, growth, curriculum, lora, qat, parallel);
     }
 
     public RunConfig withData(DataConfig data) {
-        return new RunConfig(model, data, optim, train, faults, averaging, growth, curriculum, lora, qat);
+        return new RunConfig(model, data, optim, train, faults, averaging, growth, curriculum, lora, qat, parallel);
     }
 
     public RunConfig withOptim(OptimConfig optim) {
-        return new RunConfig(model, data, optim, train, faults, averaging, growth, curriculum, lora, qat);
+        return new RunConfig(model, data, optim, train, faults, averaging, growth, curriculum, lora, qat, parallel);
     }
 
     public RunConfig withTrain(TrainingConfig train) {
-        return new RunConfig(model, data, optim, train, faults, averaging, growth, curriculum, lora, qat);
+        return new RunConfig(model, data, optim, train, faults, averaging, growth, curriculum, lora, qat, parallel);
     }
 
     /**
@@ -75,6 +76,7 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         notNull("curriculum", curriculum);
         notNull("lora", lora);
         notNull("qat", qat);
+        notNull("parallel", parallel);
         if (faults.nan_skip_limit() < 1) fail("faults.nan_skip_limit", "must be >= 1, got " + faults.nan_skip_limit());
         if (faults.max_rollbacks() < 0) fail("faults.max_rollbacks", "must be >= 0, got " + faults.max_rollbacks());
         if (!(faults.rollback_lr_factor() > 0 && faults.rollback_lr_factor() <= 1))
@@ -279,6 +281,11 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
                     + "export a LoRA run with kiln export --int8 for post-training int8 weights)", "lora.rank");
         if (growth.on() && l.rank() > 0)
             fail("growth.at_step", "cannot be combined with lora.rank > 0 (new blocks would have no adapters)", "lora.rank");
+        ParallelConfig pc = parallel;
+        nonNegative("parallel.dp", pc.dp());
+        if (pc.zero_stage() < 0 || pc.zero_stage() > 3) fail("parallel.zero_stage", "must be 0, 1, 2 or 3, got " + pc.zero_stage());
+        if (!(pc.bucket_mb() > 0 && Double.isFinite(pc.bucket_mb()))) fail("parallel.bucket_mb", "must be > 0, got " + pc.bucket_mb());
+        if (!(pc.timeout_s() > 0 && Double.isFinite(pc.timeout_s()))) fail("parallel.timeout_s", "must be > 0, got " + pc.timeout_s());
         return this;
     }
 

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Data-parallel training on CPU under Open MPI: throughput per rank at np 1 and 2, and the bytes each rank hands
+# to the collectives per step in every mode, checked against the analytic formula.
+#
+# Usage (from anywhere): bench/dist.sh [--steps 20] [--n-layer 4] [--n-embd 128] [--block-size 64] [--batch 12]
+#
+# What it does:
+#   1. builds target/kiln.jar once (the ranks then run it with KILN_NO_BUILD=1, so they never build concurrently);
+#   2. tok/s: the default job's model, train.threads=1 per rank (2 ranks on this 2-core machine), --steps steps,
+#      once as a plain process (np 1) and once per mode under mpirun -np 2 (ddp, zero1, zero2, zero3);
+#      "tok/s per rank" = the run's global tokens per second / np;
+#   3. bytes per step: each np-2 mode also runs --steps + 10 steps; the difference of the two runs' communication
+#      counts (kiln prints them at the end, rank 0's) over 10 steps is what one step hands to MPI, free of the one-time
+#      costs (start-up checksum, final checkpoint). It must equal the formula, with P the GPT's parameter count:
+#        ddp   all-reduce 4P + 8 (the loss)
+#        zero1 all-reduce 4P + 8, all-gather 4P (updated parameters)
+#        zero2 reduce-scatter 4P, all-gather 4P, all-reduce 16 (loss, gradient norm)
+#        zero3 reduce-scatter 4P, all-gather 4P + 4(P − P_root) (every unit in forward, the blocks again in backward),
+#              all-reduce 16, where P_root = V·C + T·C + 2C (embeddings and final norm) stays gathered through backward
+#      and P = V·C + T·C + L·(12C² + 13C) + 2C. Ring algorithms put 2(N−1)/N of an all-reduce's bytes and (N−1)/N
+#      of a reduce-scatter's or all-gather's on the wire per rank ("wire" column).
+#   4. prints a table and writes bench/results/dist-<date>.json; exits 1 if any mode disagrees with the formula.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+STEPS=20 L=4 C=128 T=64 B=12
+while (( $# )); do
+    case $1 in
+        --steps) STEPS=$2; shift 2 ;;
+        --n-layer) L=$2; shift 2 ;;
+        --n-embd) C=$2; shift 2 ;;
+        --block-size) T=$2; shift 2 ;;
+        --batch) B=$2; shift 2 ;;
+        *) echo "bench/dist.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+command -v mpirun >/dev/null || { echo "bench/dist.sh: mpirun not found (apt-get install openmpi-bin libopenmpi-dev)" >&2; exit 1; }
+PYTHON=${PYTHON:-/usr/bin/python3}
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+mkdir -p bench/results
+
+bin/kiln --version >/dev/null   # builds target/kiln.jar if needed
+export KILN_NO_BUILD=1
+MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
+common=(--set model.n_layer=$L --set model.n_embd=$C --set model.n_head=4 --set model.block_size=$T --set train.batch_size=$B
+        --set train.threads=1 --set train.eval_interval=100000 --set train.final_eval_iters=0 --set train.sample_tokens=0
+        --set train.checkpoint_interval=100000 --set train.log_interval=100000 --set train.out_dir=$OUT/runs)
+
+run() { # name steps np [extra --set …]
+    local name=$1 steps=$2 np=$3; shift 3
+    local cmd=(bin/kiln train "${common[@]}" --set train.name=$name --set train.max_iters=$steps "$@")
+    echo ">> np $np: ${cmd[*]}" >&2
+    if (( np == 1 )); then "${cmd[@]}" >"$OUT/$name.out" 2>&1 || { cat "$OUT/$name.out" >&2; exit 1; }
+    else "${MPIRUN[@]}" -np "$np" "${cmd[@]}" >"$OUT/$name.out" 2>&1 || { cat "$OUT/$name.out" >&2; exit 1; }
+    fi
+}
+
+run np1 "$STEPS" 1
+for mode in ddp:0 zero1:1 zero2:2 zero3:3; do
+    name=${mode%%:*} stage=${mode##*:}
+    run "$name" "$STEPS" 2 --set parallel.zero_stage=$stage
+    run "${name}_long" $((STEPS + 10)) 2 --set parallel.zero_stage=$stage
+done
+
+"$PYTHON" - "$OUT" "$STEPS" "$L" "$C" "$T" "$B" <<'PY'
+import json, re, sys, datetime
+out, steps, L, C, T, B = sys.argv[1], *map(int, sys.argv[2:])
+def text(name): return open(f"{out}/{name}.out").read()
+def tok_s(name): return float(re.search(r"steps in \S+ \(([\d,]+) tok/s\)", text(name)).group(1).replace(",", ""))
+def comm(name): return json.loads(re.search(r"kiln: communication (\{.*\})", text(name)).group(1))
+V = int(re.search(r"vocab (\d+)", text("np1")).group(1))
+P = V*C + T*C + L*(12*C*C + 13*C) + 2*C
+assert f"{P:,} parameters" in text("np1"), f"parameter formula {P} disagrees with kiln's count"
+root = V*C + T*C + 2*C
+formula = {
+    "ddp":   {"all_reduce": 4*P + 8},
+    "zero1": {"all_reduce": 4*P + 8, "all_gather": 4*P},
+    "zero2": {"reduce_scatter": 4*P, "all_gather": 4*P, "all_reduce": 16},
+    "zero3": {"reduce_scatter": 4*P, "all_gather": 4*P + 4*(P - root), "all_reduce": 16},
+}
+n = 2
+rows, ok = [], True
+base = tok_s("np1")
+print(f"GPT L{L} C{C} T{T} vocab {V}: P = {P:,} parameters ({4*P:,} B fp32); batch {B}, {steps} steps, 1 thread per rank")
+print(f"{'mode':6} {'np':>2} {'tok/s/rank':>10} {'measured B/step':>44} {'formula B/step':>16} {'ring wire B/step':>16}  agree")
+print(f"{'single':6} {1:>2} {base:>10,.0f}")
+for mode in formula:
+    a, b = comm(mode), comm(mode + "_long")
+    per = {k: (b[k] - a[k]) // 10 for k in a if k not in ("ring_wire_bytes",) and b[k] != a[k]}
+    exact = all((b[k] - a[k]) % 10 == 0 for k in a)
+    wire = (b["ring_wire_bytes"] - a["ring_wire_bytes"]) / 10
+    agree = exact and per == formula[mode]
+    ok &= agree
+    meas = ", ".join(f"{k} {v:,}" for k, v in sorted(per.items()))
+    print(f"{mode:6} {n:>2} {tok_s(mode)/n:>10,.0f} {meas:>44} {sum(formula[mode].values()):>16,} {wire:>16,.0f}  {'yes' if agree else 'NO: ' + str(formula[mode])}")
+    rows.append({"mode": mode, "np": n, "tok_per_s_per_rank": tok_s(mode)/n, "bytes_per_step": per, "formula": formula[mode],
+                 "ring_wire_bytes_per_step": wire, "agree": agree})
+res = {"date": datetime.date.today().isoformat(), "model": {"n_layer": L, "n_embd": C, "block_size": T, "vocab": V, "params": P},
+       "batch": B, "steps": steps, "single_tok_per_s": base, "modes": rows}
+path = f"bench/results/dist-{res['date']}.json"
+json.dump(res, open(path, "w"), indent=1)
+print("wrote", path)
+sys.exit(0 if ok else 1)
+PY

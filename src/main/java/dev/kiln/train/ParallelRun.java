@@ -1,0 +1,87 @@
+package dev.kiln.train;
+
+import dev.kiln.dist.DataParallel;
+import dev.kiln.dist.MpiProcessGroup;
+import dev.kiln.dist.ProcessGroup;
+import dev.kiln.nn.models.CausalLm;
+import dev.kiln.train.config.ParallelConfig;
+import dev.kiln.train.config.RunConfig;
+
+import java.io.PrintStream;
+
+/**
+ * Sets up data-parallel training when the trainer runs under {@code mpirun -np N}: checks that the config is one
+ * data parallelism reproduces (the ranks together must train on exactly the single-process batch), sets the
+ * collective timeout and installs {@link DataParallel} for the model. A process not started by mpirun gets nothing.
+ */
+final class ParallelRun {
+    private ParallelRun() {}
+
+    /** True unless this is a rank other than 0 of an mpirun job (read from the environment, before MPI starts). */
+    static boolean isLeadProcess() {
+        return !ProcessGroup.launchedByMpirun() || "0".equals(System.getenv("OMPI_COMM_WORLD_RANK"));
+    }
+
+    /**
+     * Runs {@code work} on rank 0 first and on the other ranks after it (a barrier between), e.g. preparing the data
+     * cache, which the other ranks then only open; in a single process simply runs it.
+     */
+    static <T> T leadFirst(java.util.function.Supplier<T> work) {
+        if (!ProcessGroup.launchedByMpirun()) return work.get();
+        ProcessGroup world = ProcessGroup.world();
+        T out = null;
+        if (world.rank() == 0) out = work.get();
+        world.barrier();
+        if (world.rank() != 0) out = work.get();
+        return out;
+    }
+
+    static DataParallel start(RunConfig cfg, CausalLm model, PrintStream out) {
+        DataParallel.uninstall();
+        if (!ProcessGroup.launchedByMpirun()) return null;
+        ParallelConfig pc = cfg.parallel();
+        MpiProcessGroup.setTimeoutSeconds(pc.timeout_s());
+        ProcessGroup world = ProcessGroup.world();
+        int n = world.size();
+        if (pc.dp() != 0 && pc.dp() != n)
+            throw new TrainingException("parallel.dp " + pc.dp() + " must be 0 or the number of ranks (" + n + ", mpirun -np): "
+                    + "without tensor or pipeline parallelism every rank is a data-parallel rank");
+        if (n == 1) return null;
+        if (cfg.train().batch_size() % n != 0)
+            throw new TrainingException("train.batch_size " + cfg.train().batch_size() + " must be divisible by the " + n + " data-parallel ranks");
+        if (cfg.train().select_fraction() < 1)
+            throw new TrainingException("train.select_fraction < 1 cannot be combined with data parallelism (each rank would pick its own hardest rows)");
+        if (cfg.growth().on())
+            throw new TrainingException("growth.at_step cannot be combined with data parallelism yet (the sharded parameters would change)");
+        if (cfg.train().grad_accum_steps() > 1) // untested with bucketed reduction; at ZeRO >= 2 a rank keeps only its own gradients between micro-batches
+            throw new TrainingException("train.grad_accum_steps > 1 cannot be combined with data parallelism yet; raise train.batch_size instead");
+        if (!cfg.train().precision().equals("fp32")) // the half-precision gradients are made after backward, the all-reduce during it
+            throw new TrainingException("train.precision " + cfg.train().precision() + " cannot be combined with data parallelism yet");
+        if (!cfg.train().offload_params().equals("none") || !cfg.train().offload_optimizer().equals("none"))
+            throw new TrainingException("train.offload_params / train.offload_optimizer cannot be combined with data parallelism yet");
+        var av = cfg.averaging();
+        if (pc.zero_stage() == 3 && (av.ema_decay() > 0 || av.swa_start() > 0 || av.lawa_k() > 0))
+            throw new TrainingException("averaging: cannot be combined with parallel.zero_stage 3 (the averages would need every parameter on every rank)");
+        DataParallel dp = DataParallel.install(world, model, pc.zero_stage(), pc.bucket_mb());
+        out.printf("kiln: data parallel over %d ranks, ZeRO stage %d, %s MiB gradient buckets; each rank trains %d of the %d rows of a batch%n",
+                n, pc.zero_stage(), pc.bucket_mb(), cfg.train().batch_size() / n, cfg.train().batch_size());
+        return dp;
+    }
+
+    /**
+     * Under data parallelism, one line of what this rank handed to each kind of collective in the whole run (payload
+     * bytes, see {@link dev.kiln.dist.CommStats}) and the ring-algorithm estimate of what it sent: bench/dist.sh
+     * takes the difference of two runs of different lengths to get the bytes per step.
+     */
+    static void reportCommunication(PrintStream out) {
+        DataParallel dp = DataParallel.active();
+        if (dp == null) return;
+        var st = dp.group().stats();
+        var k = dev.kiln.dist.CommStats.Kind.class;
+        StringBuilder sb = new StringBuilder("kiln: communication {");
+        for (var kind : k.getEnumConstants())
+            sb.append('"').append(kind.name().toLowerCase()).append("\": ").append(st.bytes(kind)).append(", ");
+        sb.append("\"ring_wire_bytes\": ").append(Math.round(st.wireBytes(dp.group().size()))).append('}');
+        out.println(sb);
+    }
+}

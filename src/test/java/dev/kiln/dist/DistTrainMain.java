@@ -1,0 +1,53 @@
+package dev.kiln.dist;
+
+import dev.kiln.train.Trainer;
+import dev.kiln.train.config.ConfigLoader;
+
+import java.io.PrintStream;
+import java.util.Arrays;
+
+/**
+ * Run under mpirun by the data-parallel tests: trains the config given as {@code key=value} arguments and prints,
+ * from every rank, "LOSSES <rank> <loss> <loss> …" (each rank holds the global batch's loss) and the rank's
+ * measured memory ("MEMORY <rank> <param bytes> <grad bytes> <optimizer state bytes>").
+ */
+public final class DistTrainMain {
+    public static void main(String[] args) {
+        // (also written to runs/<name>/result-rank<R>.txt)
+        boolean resume = Arrays.asList(args).contains("--resume");
+        var cfg = ConfigLoader.load(null, Arrays.stream(args).filter(a -> !a.startsWith("--")).toList());
+        int worldRank = Integer.parseInt(System.getenv().getOrDefault("OMPI_COMM_WORLD_RANK", "0"));
+        // --stall=R@S: rank R stops (sleeps) before step S, as a stuck rank would; the others must time out, not hang
+        String stall = Arrays.stream(args).filter(a -> a.startsWith("--stall=")).map(a -> a.substring(8)).findFirst().orElse(null);
+        System.out.println("PID " + worldRank + " " + ProcessHandle.current().pid());
+        Trainer trainer = new Trainer(cfg, resume, new PrintStream(System.out), false);
+        trainer.observeBatches((step, batch) -> {
+            if (step == 2) System.out.println("TRAINING " + worldRank);
+            if (stall != null && Integer.parseInt(stall.split("@")[0]) == worldRank && step == Long.parseLong(stall.split("@")[1])) {
+                try {
+                    Thread.sleep(Long.MAX_VALUE);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }
+        });
+        Trainer.Result r = trainer.run();
+        int rank = ProcessGroup.world().rank();
+        StringBuilder sb = new StringBuilder("LOSSES " + rank);
+        for (double l : r.losses()) sb.append(' ').append(l);
+        System.out.println(sb);
+        var m = r.memory();
+        String memory = "MEMORY " + rank + " " + m.parameterBytes() + " " + m.gradientBytes() + " " + m.optimizerStateBytes();
+        System.out.println(memory);
+        // the ranks share mpirun's stdout, where lines can interleave mid-line: the test reads these files instead
+        try {
+            java.nio.file.Files.writeString(r.runDir().resolve("result-rank" + rank + ".txt"), sb + "\n" + memory + "\n");
+        } catch (java.io.IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
+        DataParallel dp = DataParallel.active();
+        if (dp != null) System.out.println("COMM " + rank + " " + dp.group().stats());
+        System.out.flush();
+        MpiProcessGroup.finish();
+    }
+}
