@@ -78,7 +78,44 @@ public final class RunReport {
             out.put("memory.png", mem);
         }
         if (m.account() != null) out.put("memory_account.png", accountChart(name, m.account()));
+        CategoryChart peaks = memoryPeaksChart(name, m.evals());
+        if (peaks != null) out.put("memory_peaks.png", peaks);
         return out;
+    }
+
+    /**
+     * Bars of the peak memory by category over the whole run (the memory account's {@code mem_peak_<category>} on the
+     * last evaluation record, in MiB), categories that never held memory left out, and the peak of the total (less
+     * than the sum: the categories peak at different moments); null when the run has none.
+     */
+    static CategoryChart memoryPeaksChart(String name, List<JsonNode> evals) {
+        JsonNode last = null;
+        for (JsonNode e : evals) if (e.has("mem_peak_total")) last = e;
+        if (last == null) return null;
+        CategoryChart c = new CategoryChartBuilder().width(Charts.WIDTH).height(Charts.HEIGHT)
+                .title(name + ": peak memory by category (to step " + last.path("step").asLong() + ")")
+                .xAxisTitle("category").yAxisTitle("MiB").build();
+        var st = c.getStyler();
+        st.setLegendVisible(false);
+        st.setLabelsVisible(true);
+        st.setChartBackgroundColor(Color.WHITE);
+        st.setAntiAlias(true);
+        st.setyAxisTickLabelsFormattingFunction(Charts::num);
+        st.setDecimalPattern("#,##0.#");
+        List<String> cats = new ArrayList<>();
+        List<Double> mib = new ArrayList<>();
+        List<String> keys = new ArrayList<>();
+        for (var cat : dev.kiln.tensor.MemoryCategory.values()) keys.add(cat.key());
+        keys.add("total");
+        for (String k : keys) {
+            double v = last.path("mem_peak_" + k).asDouble(0);
+            if (v > 0) {
+                cats.add(k.replace('_', ' '));
+                mib.add(v / MIB);
+            }
+        }
+        c.addSeries("peak", cats, mib).setFillColor(LOSS);
+        return c;
     }
 
     /** Bars of the memory account: weights, gradients and optimizer state, in KiB, MiB or GiB by size, each labelled. */

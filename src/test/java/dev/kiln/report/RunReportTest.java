@@ -1,5 +1,6 @@
 package dev.kiln.report;
 
+import com.fasterxml.jackson.databind.JsonNode;
 import dev.kiln.KilnException;
 import dev.kiln.train.SmallRuns;
 import dev.kiln.train.Trainer;
@@ -42,7 +43,7 @@ class RunReportTest {
         SmallRuns.Cli r = SmallRuns.cli("report", runA.toString());
         assertEquals(0, r.code(), r.err());
         Path dir = runA.resolve("report");
-        List<String> pngs = List.of("loss.png", "lr.png", "throughput.png", "memory.png", "memory_account.png");
+        List<String> pngs = List.of("loss.png", "lr.png", "throughput.png", "memory.png", "memory_account.png", "memory_peaks.png");
         for (String p : pngs) {
             BufferedImage img = ImageIO.read(dir.resolve(p).toFile());
             assertNotNull(img, p);
@@ -55,6 +56,22 @@ class RunReportTest {
         assertTrue(html.contains(Charts.esc(yaml)), "the config, escaped");
         assertTrue(html.contains("ended by"), "summary table");
         assertTrue(html.contains(">40<"), "steps in the summary");
+    }
+
+    @Test
+    void memoryPeaksChartHasABarPerCategoryThatHeldMemory() {
+        RunMetrics m = RunMetrics.load(runA);
+        var peaks = (org.knowm.xchart.CategoryChart) RunReport.charts(m).get("memory_peaks.png");
+        assertNotNull(peaks);
+        var bars = peaks.getSeriesMap().get("peak");
+        List<?> cats = List.copyOf(bars.getXData());
+        assertEquals(List.of("parameters", "gradients", "optimizer state", "activations", "temporaries", "total"), cats,
+                "no collectives in one process: no communication bar");
+        List<? extends Number> mib = List.copyOf(bars.getYData());
+        JsonNode last = m.evals().getLast();
+        assertEquals(last.path("mem_peak_parameters").asDouble() / (1 << 20), mib.get(0).doubleValue(), 1e-9);
+        assertEquals(last.path("mem_peak_total").asDouble() / (1 << 20), mib.get(5).doubleValue(), 1e-9);
+        assertTrue(mib.get(5).doubleValue() > mib.get(0).doubleValue(), "the total peak is above the parameters");
     }
 
     @Test
