@@ -14,9 +14,9 @@ import dev.kiln.tensor.Tensor;
  * Everything is issued asynchronously except the ops that return a value to the host (sums, finiteness, the
  * cross-entropy count) and the id checks of embedding and cross-entropy, which read back a word.
  *
- * <p>Not wired (no kernel yet; each throws an {@link UnsupportedOperationException} that names it): the Llama ops
- * (rmsNorm, rope, silu, swiglu), QAT's rowMaxAbs/fakeQuant, and accumulate into a stride-0 destination other than
- * a bias-gradient-like broadcast over leading dimensions.
+ * <p>Not wired (no kernel yet; each throws an {@link UnsupportedOperationException} that names it): QAT's
+ * rowMaxAbs/fakeQuant, and accumulate into a stride-0 destination other than an fp32 broadcast over leading
+ * dimensions (a bias gradient). RoPE's cos/sin tables are F32 in both variants.
  */
 public final class CudaBackend implements Backend {
     private static final CudaBackend[] BY_INDEX = new CudaBackend[64];
@@ -495,43 +495,88 @@ public final class CudaBackend implements Backend {
         throw notWired("fakeQuantBackward", "QAT has no CUDA kernel");
     }
 
+    // ---------------------------------------------------------------- Llama ops
+
     @Override
     public void rmsNorm(Tensor x, Tensor weight, double eps, Tensor out, Tensor rstd) {
-        throw notWired("rmsNorm", "the Llama ops have no CUDA kernels");
+        String op = "rmsNorm";
+        int c = lastDim(x), rows = count(x.numel() / Math.max(1, c), op);
+        if (rows == 0) return;
+        sameSize(x, out, op);
+        kernels.launch(variant("rmsnorm_forward", x, op), ptr(x, op, "x"), same(weight, x, op, "weight"), same(out, x, op, "out"),
+                f32(rstd, op, "rstd"), rows, c, (float) eps);
     }
 
     @Override
     public void rmsNormBackward(Tensor x, Tensor weight, Tensor rstd, Tensor gradOut, Tensor gradX, Tensor gradWeight) {
-        throw notWired("rmsNormBackward", "the Llama ops have no CUDA kernels");
+        String op = "rmsNormBackward";
+        int c = lastDim(x), rows = count(x.numel() / Math.max(1, c), op);
+        if (rows == 0) return;
+        long xp = ptr(x, op, "x"), rp = f32(rstd, op, "rstd"), gp = same(gradOut, x, op, "gradOut");
+        if (gradX != null)
+            kernels.launch(variant("rmsnorm_backward", x, op), xp, same(weight, x, op, "weight"), rp, gp, same(gradX, x, op, "gradX"), rows, c);
+        if (gradWeight != null)
+            kernels.launch(variant("rmsnorm_backward_weight", x, op), xp, rp, gp, f32(gradWeight, op, "gradWeight"), rows, c);
     }
 
     @Override
     public void rope(Tensor x, int headDim, Tensor cos, Tensor sin, Tensor out) {
-        throw notWired("rope", "the Llama ops have no CUDA kernels");
+        sameSize(x, out, "rope");
+        launchRope("rope", x, headDim, cos, sin, same(out, x, "rope", "out"), 0);
     }
 
     @Override
     public void ropeBackward(Tensor gradOut, int headDim, Tensor cos, Tensor sin, Tensor gradX) {
-        throw notWired("ropeBackward", "the Llama ops have no CUDA kernels");
+        sameSize(gradOut, gradX, "ropeBackward");
+        launchRope("ropeBackward", gradOut, headDim, cos, sin, same(gradX, gradOut, "ropeBackward", "gradX"), 1);
+    }
+
+    private void launchRope(String op, Tensor x, int d, Tensor cos, Tensor sin, long out, int inverse) {
+        int w = lastDim(x), tLen = cos.size(0);
+        if (d <= 0 || d % 2 != 0 || w % d != 0 || cos.numel() != (long) tLen * (d / 2) || sin.numel() != cos.numel())
+            throw new IllegalArgumentException("CudaBackend." + op + ": rows of " + w + " in heads of " + d + " with cos " + cos.shapeString()
+                    + " and sin " + sin.shapeString() + " (T, headDim/2)");
+        int pairs = count(x.numel() / 2, op);
+        if (pairs == 0) return;
+        kernels.launch(variant("rope", x, op), ptr(x, op, "x"), f32(cos, op, "cos"), f32(sin, op, "sin"), out, pairs, w, d, tLen, inverse);
     }
 
     @Override
     public void silu(Tensor x, Tensor out) {
-        throw notWired("silu", "the Llama ops have no CUDA kernels");
+        swiglu("silu", x, null, out);
     }
 
     @Override
     public void siluBackward(Tensor x, Tensor gradOut, Tensor gradIn) {
-        throw notWired("siluBackward", "the Llama ops have no CUDA kernels");
+        swigluBackward("siluBackward", x, null, gradOut, gradIn, null);
     }
 
     @Override
     public void swiglu(Tensor gate, Tensor up, Tensor out) {
-        throw notWired("swiglu", "the Llama ops have no CUDA kernels");
+        swiglu("swiglu", gate, up, out);
     }
 
     @Override
     public void swigluBackward(Tensor gate, Tensor up, Tensor gradOut, Tensor gradGate, Tensor gradUp) {
-        throw notWired("swigluBackward", "the Llama ops have no CUDA kernels");
+        swigluBackward("swigluBackward", gate, up, gradOut, gradGate, gradUp);
+    }
+
+    /** out = silu(gate)·up, or silu(gate) when up is null (one kernel for both). */
+    private void swiglu(String op, Tensor gate, Tensor up, Tensor out) {
+        sameSize(gate, out, op);
+        if (up != null) sameSize(gate, up, op);
+        int n = count(gate.numel(), op);
+        if (n == 0) return;
+        kernels.launch(variant("swiglu_forward", gate, op), ptr(gate, op, "gate"), up == null ? 0L : same(up, gate, op, "up"),
+                same(out, gate, op, "out"), n);
+    }
+
+    private void swigluBackward(String op, Tensor gate, Tensor up, Tensor gradOut, Tensor gradGate, Tensor gradUp) {
+        sameSize(gate, gradOut, op);
+        int n = count(gate.numel(), op);
+        if (n == 0 || (gradGate == null && gradUp == null)) return;
+        kernels.launch(variant("swiglu_backward", gate, op), ptr(gate, op, "gate"), up == null ? 0L : same(up, gate, op, "up"),
+                same(gradOut, gate, op, "gradOut"), gradGate == null ? 0L : same(gradGate, gate, op, "gradGate"),
+                gradUp == null || up == null ? 0L : same(gradUp, gate, op, "gradUp"), n);
     }
 }

@@ -279,12 +279,61 @@ class CudaBackendEmulatedTest {
         assertEquals("CudaBackend.adamw: param (fp32 master weights) must be F32 (kernels keep it fp32), got BF16", e.getMessage());
     }
 
+    @ParameterizedTest
+    @EnumSource(Type.class)
+    void llamaOps(Type t) {
+        int rows = 2 * 11, c = 42, d = 14, n = rows * c, tLen = 11;
+        float[] x = t.round(randn(60, n, 2)), w = t.round(randn(61, c, 1)), g = t.round(randn(62, n, 1)), acc = t.round(randn(63, n, 1));
+        float[] dw0 = randn(64, c, 1);
+        Tensor out = rt.empty(dtype(t), rows, c), rstd = rt.empty(DType.F32, rows);
+        Tensor outRef = Tensor.zeros(DType.F64, rows, c), rstdRef = Tensor.zeros(DType.F64, rows);
+        gpu.rmsNorm(dev(t, x, rows, c), dev(t, w, c), 1e-6, out, rstd);
+        cpu.rmsNorm(ref(x, rows, c), ref(w, c), 1e-6, outRef, rstdRef);
+        check("rmsNorm", t, outRef, out);
+        checkF32("rmsNorm rstd", rstdRef, rstd);
+        Tensor dx = dev(t, acc, rows, c), dw = devF32(dw0, c), dxRef = ref(acc, rows, c), dwRef = ref(dw0, c);
+        gpu.rmsNormBackward(dev(t, x, rows, c), dev(t, w, c), rstd, dev(t, g, rows, c), dx, dw);
+        cpu.rmsNormBackward(ref(x, rows, c), ref(w, c), ref(host(rstd), rows), ref(g, rows, c), dxRef, dwRef);
+        check("rmsNormBackward dx", t, dxRef, dx);
+        checkF32("rmsNormBackward dw", dwRef, dw);
+
+        float[] cos = new float[tLen * d / 2], sin = new float[tLen * d / 2];
+        for (int i = 0; i < cos.length; i++) {
+            double angle = (i / (d / 2)) * Math.pow(10000, -2.0 * (i % (d / 2)) / d);
+            cos[i] = (float) Math.cos(angle);
+            sin[i] = (float) Math.sin(angle);
+        }
+        Tensor r = rt.empty(dtype(t), rows, c), rRef = Tensor.zeros(DType.F64, rows, c);
+        gpu.rope(dev(t, x, rows, c), d, devF32(cos, tLen, d / 2), devF32(sin, tLen, d / 2), r);
+        cpu.rope(ref(x, rows, c), d, ref(cos, tLen, d / 2), ref(sin, tLen, d / 2), rRef);
+        check("rope", t, rRef, r);
+        Tensor rg = dev(t, acc, rows, c), rgRef = ref(acc, rows, c);
+        gpu.ropeBackward(dev(t, g, rows, c), d, devF32(cos, tLen, d / 2), devF32(sin, tLen, d / 2), rg);
+        cpu.ropeBackward(ref(g, rows, c), d, ref(cos, tLen, d / 2), ref(sin, tLen, d / 2), rgRef);
+        check("ropeBackward", t, rgRef, rg);
+
+        Tensor s = rt.empty(dtype(t), n), sRef = Tensor.zeros(DType.F64, n), sw = rt.empty(dtype(t), n), swRef = Tensor.zeros(DType.F64, n);
+        gpu.silu(dev(t, x, n), s);
+        cpu.silu(ref(x, n), sRef);
+        check("silu", t, sRef, s);
+        gpu.swiglu(dev(t, x, n), dev(t, g, n), sw);
+        cpu.swiglu(ref(x, n), ref(g, n), swRef);
+        check("swiglu", t, swRef, sw);
+        Tensor gs = dev(t, acc, n), gsRef = ref(acc, n), ga = dev(t, acc, n), gaRef = ref(acc, n), gu = dev(t, acc, n), guRef = ref(acc, n);
+        gpu.siluBackward(dev(t, x, n), dev(t, g, n), gs);
+        cpu.siluBackward(ref(x, n), ref(g, n), gsRef);
+        check("siluBackward", t, gsRef, gs);
+        gpu.swigluBackward(dev(t, x, n), dev(t, g, n), dev(t, acc, n), ga, gu);
+        cpu.swigluBackward(ref(x, n), ref(g, n), ref(acc, n), gaRef, guRef);
+        check("swigluBackward gate", t, gaRef, ga);
+        check("swigluBackward up", t, guRef, gu);
+    }
+
     @Test
     void opsWithoutAKernelSaySo() {
         Tensor x = rt.empty(DType.F32, 4, 8);
-        UnsupportedOperationException e = assertThrows(UnsupportedOperationException.class,
-                () -> gpu.rmsNorm(x, rt.empty(DType.F32, 8), 1e-6, rt.empty(DType.F32, 4, 8), rt.empty(DType.F32, 4)));
-        assertEquals("CudaBackend.rmsNorm is not wired to a CUDA kernel yet (the Llama ops have no CUDA kernels); use --device cpu", e.getMessage());
+        UnsupportedOperationException e = assertThrows(UnsupportedOperationException.class, () -> gpu.rowMaxAbs(x, rt.empty(DType.F32, 4)));
+        assertEquals("CudaBackend.rowMaxAbs is not wired to a CUDA kernel yet (QAT has no CUDA kernel); use --device cpu", e.getMessage());
         IllegalArgumentException f = assertThrows(IllegalArgumentException.class, () -> gpu.scale(rt.empty(DType.F64, 3), 2));
         assertEquals("CudaBackend.scale: F64 tensors have no CUDA kernel (F32 and BF16 do)", f.getMessage());
     }
