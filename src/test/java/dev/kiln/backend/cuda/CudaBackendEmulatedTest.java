@@ -329,6 +329,25 @@ class CudaBackendEmulatedTest {
         check("swigluBackward up", t, guRef, gu);
     }
 
+    /** {@code kiln gpu-check --ops}'s comparison, run on the emulated device: every op passes, and it can fail. */
+    @Test
+    void opsCheckPassesOnTheEmulatedDevice() {
+        java.io.ByteArrayOutputStream bytes = new java.io.ByteArrayOutputStream();
+        java.util.List<String> failed = OpsCheck.run(new java.io.PrintStream(bytes, true), rt);
+        String out = bytes.toString();
+        System.out.print(out);
+        assertEquals(java.util.List.of(), failed, out);
+        for (String op : OpsCheck.cases().keySet())
+            for (String dt : new String[] {"F32", "BF16"})
+                if (!(op.equals("adamw") && dt.equals("BF16"))) assertTrue(out.contains("ok       op " + op + " " + dt), op + " " + dt + " in:\n" + out);
+        // and its comparison can fail: 2e-5 relative is outside the fp32 tolerance, NaN and a short result too
+        double[] ref = {1, -2, 3};
+        assertTrue(OpsCheck.toleranceUsed(ref, new double[] {1, -2, 3 * (1 + 0.9e-5)}, 1e-5, 0) <= 1);
+        assertTrue(OpsCheck.toleranceUsed(ref, new double[] {1, -2, 3 * (1 + 2e-5)}, 1e-5, 0) > 1);
+        assertTrue(OpsCheck.toleranceUsed(ref, new double[] {1, Double.NaN, 3}, 1e-5, 1e-5) > 1);
+        assertTrue(OpsCheck.toleranceUsed(ref, new double[] {1, -2}, 1e-5, 1e-5) > 1);
+    }
+
     @Test
     void opsWithoutAKernelSaySo() {
         Tensor x = rt.empty(DType.F32, 4, 8);
