@@ -6,11 +6,12 @@
 #   bench/gpu_verify.sh --device    (on the GPU machine, in the repository root, with target/kiln.jar and
 #                                   .carry/jre carried over) run `kiln gpu-check` (discovery, device, copies,
 #                                   allocator, NVRTC, every kernel source, cuBLAS vs CPU GEMM, timings), then
-#                                   a short GPT-2 124M training on the GPU
+#                                   `kiln gpu-check --ops` (every op with a CUDA kernel vs the CPU backend, fp32
+#                                   and bf16), then a short GPT-2 124M training on the GPU
 #   bench/gpu_verify.sh             both, when this machine has a GPU (nvidia-smi works)
 #
 # Results go to $OUT (if set, e.g. by the device runner) or bench/results/: gpu_check.txt, gpu_check.json
-# (the check's last line), gpu_train.txt. Exit code: that of gpu-check (0 = every check passed).
+# (the check's last line), gpu_ops.txt, gpu_train.txt. Exit code: 0 when gpu-check and gpu-check --ops passed.
 set -u
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root" || exit 1
@@ -45,6 +46,9 @@ device() {
     "${jvm[@]}" gpu-check 2>&1 | tee "$out/gpu_check.txt"
     rc=${PIPESTATUS[0]}
     tail -n 1 "$out/gpu_check.txt" >"$out/gpu_check.json"
+    echo ">> kiln gpu-check --ops" >&2
+    "${jvm[@]}" gpu-check --ops 2>&1 | tee "$out/gpu_ops.txt"
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
     # GPT-2 124M (n_layer 12, n_head 12, n_embd 768, block 1024, GPT-2 BPE) on the bundled corpus, a few steps.
     echo ">> kiln train --device cuda (GPT-2 124M, 20 steps)" >&2
     "${jvm[@]}" train --device cuda --name gpu_gpt2 --set train.out_dir="$out/runs" --set data.tokenizer=gpt2 \
@@ -52,7 +56,7 @@ device() {
         --set model.vocab_size=50304 --set train.batch_size=16 --set train.max_iters=20 --set optim.lr_decay_iters=20 \
         --set optim.warmup_iters=2 --set train.eval_interval=1000 --set train.final_eval_iters=0 \
         --set train.sample_tokens=0 --set train.log_interval=1 2>&1 | tee "$out/gpu_train.txt"
-    echo ">> training exit code ${PIPESTATUS[0]} (2 with 'not available yet' = the CUDA kernels are not wired into the backend)" >&2
+    echo ">> training exit code ${PIPESTATUS[0]} (2 with 'not available yet' = the trainer does not place the run on the GPU yet)" >&2
     return "$rc"
 }
 

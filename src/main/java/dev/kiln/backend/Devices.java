@@ -11,12 +11,12 @@ public final class Devices {
     /**
      * Returns if a run can train on {@code device}; otherwise throws a one-line {@link KilnException}: without a
      * GPU, driver or CUDA library it says what was looked for ({@link dev.kiln.backend.cuda.CudaUnavailableException});
-     * with one, that GPU training is not wired yet (only GEMMs run there so far; {@code kiln gpu-check} tests them).
+     * with one, that GPU training is not wired yet (the ops are, {@code kiln gpu-check --ops} tests them; the trainer's placement is not).
      */
     public static void requireTrainable(Device device) {
         if (device.kind() == Device.Kind.CPU) return;
         CudaRuntime rt = CudaRuntime.get(device.index());
-        throw new KilnException("training on " + rt.device() + " (" + rt.name() + ") is not available yet: the CUDA runtime and "
-                + "cuBLAS GEMMs work (kiln gpu-check), the other CUDA kernels are not wired into the backend; use --device cpu");
+        throw new KilnException("training on " + rt.device() + " (" + rt.name() + ") is not available yet: every op runs on the GPU "
+                + "(kiln gpu-check --ops) but the trainer does not place the model, optimizer state and batches there; use --device cpu");
     }
 }

@@ -1,6 +1,8 @@
 package dev.kiln.cli;
 
+import dev.kiln.backend.cuda.CudaRuntime;
 import dev.kiln.backend.cuda.GpuCheck;
+import dev.kiln.backend.cuda.OpsCheck;
 import dev.kiln.tensor.Device;
 import dev.kiln.train.config.ConfigException;
 import picocli.CommandLine.Command;
@@ -17,6 +19,9 @@ final class GpuCheckCommand implements Callable<Integer> {
     @Option(names = "--quick", description = "skip the timings (launch cost, GEMM TFLOP/s)")
     boolean quick;
 
+    @Option(names = "--ops", description = "instead: every backend op with a CUDA kernel (fp32 and bf16, forward and backward) against the CPU backend")
+    boolean ops;
+
     @Option(names = "--debug", description = "print stack traces of errors")
     boolean debug;
 
@@ -29,7 +34,8 @@ final class GpuCheckCommand implements Callable<Integer> {
             throw new ConfigException("--device", null, e.getMessage());
         }
         if (d.kind() != Device.Kind.CUDA) throw new ConfigException("--device", null, "gpu-check needs a CUDA device, got " + d);
-        List<String> failed = GpuCheck.run(System.out, d.index(), quick);
+        List<String> failed = ops ? OpsCheck.run(System.out, CudaRuntime.get(d.index())) : GpuCheck.run(System.out, d.index(), quick);
+        if (ops) System.out.println(failed.isEmpty() ? "every op matches the CPU backend" : "ops that differ from the CPU backend: " + failed);
         return failed.isEmpty() ? 0 : 1;
     }
 }

@@ -50,6 +50,15 @@ public final class CudaRuntime implements DeviceMemory {
         return rt;
     }
 
+    /**
+     * Makes {@code rt} the runtime of GPU {@code index} for this process ({@code null} forgets it), so that
+     * {@link #get} and the backend use it: for tests, which run the backend on a fake driver with emulated kernels.
+     */
+    static synchronized void install(int index, CudaRuntime rt) {
+        if (rt == null) OPEN.remove(index);
+        else OPEN.put(index, rt);
+    }
+
     /** Opens GPU {@code index}: driver, cuInit, primary context, a non-blocking compute stream. */
     public static CudaRuntime open(CudaLibraries libs, int index) {
         return open(new CudaDriver(libs.open(CudaLibraries.Library.DRIVER)), libs, index);

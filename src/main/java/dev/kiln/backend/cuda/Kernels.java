@@ -188,6 +188,14 @@ public final class Kernels {
         pair(at, "attention_softmax_forward", Rule.WARP_ROWS, "rows", "scores:P probs:P rows:I t:I scale:F");
         pair(at, "attention_softmax_backward", Rule.WARP_ROWS, "rows", "probs:P gradProbs:P gradScores:P rows:I t:I scale:F");
 
+        String ll = "llama.cu";
+        pair(ll, "rmsnorm_forward", Rule.WARP_ROWS, "rows", "x:P w:P out:P rstd:P rows:I c:I eps:F");
+        pair(ll, "rmsnorm_backward", Rule.WARP_ROWS, "rows", "x:P w:P rstd:P gradOut:P gradX:P rows:I c:I");
+        pair(ll, "rmsnorm_backward_weight", Rule.COLUMNS, "c", "x:P rstd:P gradOut:P gradW:P rows:I c:I");
+        pair(ll, "rope", Rule.ELEMENTS, "pairs", "x:P cos:P sin:P out:P pairs:I w:I d:I tLen:I inverse:I");
+        pair(ll, "swiglu_forward", Rule.ELEMENTS, "n", "gate:P up:P out:P n:I");
+        pair(ll, "swiglu_backward", Rule.ELEMENTS, "n", "gate:P up:P gradOut:P gradGate:P gradUp:P n:I");
+
         String optimizerScalars = " beta1:F beta2:F oneMinusBeta1:F oneMinusBeta2:F stepSize:F invSqrtBc2:F lrTimesWd:F eps:F";
         one("adamw.cu", "adamw_f32", Rule.ELEMENTS, "n", "p:P g:P m:P v:P n:I" + optimizerScalars);
         one("adamw.cu", "adamw_bf16", Rule.ELEMENTS, "n", "p:P g:P m:P v:P pCopy:P n:I" + optimizerScalars);

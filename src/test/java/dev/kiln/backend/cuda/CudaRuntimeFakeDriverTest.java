@@ -191,8 +191,8 @@ class CudaRuntimeFakeDriverTest {
         UnsupportedOperationException u = assertThrows(UnsupportedOperationException.class, () -> gpu.gemm(1, 4, 4, 4, 1,
                 new Backend.Mat(dev64, 0, 0, 4, 1), new Backend.Mat(dev64, 0, 0, 4, 1), 0, new Backend.Mat(dev, 0, 0, 4, 1)));
         assertEquals("CUDA GEMM: A/B is F64; cuBLAS is wired for F32 and BF16", u.getMessage());
-        UnsupportedOperationException w = assertThrows(UnsupportedOperationException.class, () -> gpu.gelu(dev, dev));
-        assertEquals("CudaBackend.gelu: the CUDA kernel is not wired yet (only gemm runs on the GPU so far)", w.getMessage());
+        IllegalArgumentException w = assertThrows(IllegalArgumentException.class, () -> gpu.gelu(dev64, dev64));
+        assertEquals("CudaBackend.gelu: F64 tensors have no CUDA kernel (F32 and BF16 do)", w.getMessage());
         dev.release();
         dev64.release();
     }

@@ -192,6 +192,86 @@ class KernelEmulationTest {
         checkF32("layernorm db" + at, dbRef, db);
     }
 
+    // ------------------------------------------------------------------ Llama: RMS norm, RoPE, SiLU/SwiGLU
+
+    @ParameterizedTest
+    @EnumSource(Type.class)
+    void rmsNormForwardAndBackward(Type t) {
+        rmsNorm(t, 37, 53);   // partial block, lanes striding past a warp
+        rmsNorm(t, 9, 773);   // rows longer than a block
+    }
+
+    private void rmsNorm(Type t, int rows, int c) {
+        int n = rows * c;
+        String at = " [" + rows + "x" + c + "]";
+        float[] x = t.round(randn(40 + c, n, 2)), w = t.round(randn(41, c, 1));
+        MemorySegment out = buf.zeros(t, n), rstd = buf.zeros(Type.F32, rows);
+        emu.launch(t.kernel("rmsnorm_forward"), buf.of(t, x), buf.of(t, w), out, rstd, rows, c, 1e-6f);
+        Tensor outRef = Tensor.zeros(DType.F64, rows, c), rstdRef = Tensor.zeros(DType.F64, rows);
+        cpu.rmsNorm(f64(x, rows, c), f64(w, c), 1e-6, outRef, rstdRef);
+        check("rmsnorm" + at, t, outRef, out);
+        checkF32("rmsnorm rstd" + at, rstdRef, rstd);
+
+        float[] dy = t.round(randn(42, n, 1)), dx0 = t.round(randn(43, n, 1)), dw0 = randn(44, c, 1);
+        MemorySegment dx = buf.of(t, dx0), dw = buf.f32(dw0);
+        emu.launch(t.kernel("rmsnorm_backward"), buf.of(t, x), buf.of(t, w), rstd, buf.of(t, dy), dx, rows, c);
+        emu.launch(t.kernel("rmsnorm_backward_weight"), buf.of(t, x), rstd, buf.of(t, dy), dw, rows, c);
+        Tensor dxRef = f64(dx0, rows, c), dwRef = f64(dw0, c);
+        cpu.rmsNormBackward(f64(x, rows, c), f64(w, c), f64(readF32(rstd, rows), rows), f64(dy, rows, c), dxRef, dwRef);
+        check("rmsnorm dx" + at, t, dxRef, dx);
+        checkF32("rmsnorm dw" + at, dwRef, dw);
+    }
+
+    @ParameterizedTest
+    @EnumSource(Type.class)
+    void ropeForwardAndBackward(Type t) {
+        int b = 3, tLen = 11, heads = 3, d = 14, h = d / 2, w = heads * d, rows = b * tLen, n = rows * w;
+        float[] x = t.round(randn(45, n, 1)), cos = new float[tLen * h], sin = new float[tLen * h];
+        for (int p = 0; p < tLen; p++)
+            for (int i = 0; i < h; i++) {
+                double angle = p * Math.pow(10000, -2.0 * i / d);
+                cos[p * h + i] = (float) Math.cos(angle);
+                sin[p * h + i] = (float) Math.sin(angle);
+            }
+        MemorySegment out = buf.zeros(t, n);
+        emu.launch(t.kernel("rope"), buf.of(t, x), buf.f32(cos), buf.f32(sin), out, n / 2, w, d, tLen, 0);
+        Tensor ref = Tensor.zeros(DType.F64, rows, w);
+        cpu.rope(f64(x, rows, w), d, f64(cos, tLen, h), f64(sin, tLen, h), ref);
+        check("rope", t, ref, out);
+        float[] g = t.round(randn(46, n, 1)), acc = t.round(randn(47, n, 1));
+        MemorySegment gx = buf.of(t, acc);
+        emu.launch(t.kernel("rope"), buf.of(t, g), buf.f32(cos), buf.f32(sin), gx, n / 2, w, d, tLen, 1);
+        Tensor gRef = f64(acc, rows, w);
+        cpu.ropeBackward(f64(g, rows, w), d, f64(cos, tLen, h), f64(sin, tLen, h), gRef);
+        check("rope backward (accumulated)", t, gRef, gx);
+    }
+
+    @ParameterizedTest
+    @EnumSource(Type.class)
+    void siluAndSwiglu(Type t) {
+        int n = 5003;
+        float[] a = t.round(randn(48, n, 2)), u = t.round(randn(49, n, 1)), g = t.round(randn(50, n, 1));
+        float[] ga0 = t.round(randn(51, n, 1)), gu0 = t.round(randn(52, n, 1));
+        MemorySegment silu = buf.zeros(t, n), sw = buf.zeros(t, n);
+        emu.launch(t.kernel("swiglu_forward"), buf.of(t, a), MemorySegment.NULL, silu, n);
+        emu.launch(t.kernel("swiglu_forward"), buf.of(t, a), buf.of(t, u), sw, n);
+        Tensor siluRef = Tensor.zeros(DType.F64, n), swRef = Tensor.zeros(DType.F64, n);
+        cpu.silu(f64(a, n), siluRef);
+        cpu.swiglu(f64(a, n), f64(u, n), swRef);
+        check("silu", t, siluRef, silu);
+        check("swiglu", t, swRef, sw);
+
+        MemorySegment gs = buf.of(t, ga0), ga = buf.of(t, ga0), gu = buf.of(t, gu0);
+        emu.launch(t.kernel("swiglu_backward"), buf.of(t, a), MemorySegment.NULL, buf.of(t, g), gs, MemorySegment.NULL, n);
+        emu.launch(t.kernel("swiglu_backward"), buf.of(t, a), buf.of(t, u), buf.of(t, g), ga, gu, n);
+        Tensor gsRef = f64(ga0, n), gaRef = f64(ga0, n), guRef = f64(gu0, n);
+        cpu.siluBackward(f64(a, n), f64(g, n), gsRef);
+        cpu.swigluBackward(f64(a, n), f64(u, n), f64(g, n), gaRef, guRef);
+        check("silu backward", t, gsRef, gs);
+        check("swiglu backward gate", t, gaRef, ga);
+        check("swiglu backward up", t, guRef, gu);
+    }
+
     // ------------------------------------------------------------------ softmax
 
     @ParameterizedTest

@@ -99,6 +99,21 @@ final class KernelEmulator {
         }
     }
 
+    /**
+     * Launches kernel name with cuLaunchKernel's own arguments (geometry and the kernelParams array as packed by
+     * the caller), as the emulated device of {@link FakeDriver} does; returns null on success, else the error.
+     */
+    String launchPacked(String name, int gx, int gy, int gz, int bx, int by, int bz, int shared, MemorySegment params) {
+        if (!kernels.containsKey(name)) return "no emulated kernel " + name;
+        MethodHandle h = launchers.computeIfAbsent(name, n -> linker.downcallHandle(lib.findOrThrow("kiln_emu_launch_" + n), LAUNCH));
+        try {
+            int rc = (int) h.invokeExact(gx, gy, gz, bx, by, bz, shared, params);
+            return rc == 0 ? null : ((MemorySegment) lastError.invokeExact()).reinterpret(4096).getString(0);
+        } catch (Throwable t) {
+            return t.toString();
+        }
+    }
+
     static final class CompilerMissing extends Exception {
         CompilerMissing(String message) {
             super(message);
