@@ -40,13 +40,14 @@ Re-run (from the repo root; needs Debian's torch: apt-get install python3-torch 
 Output is deterministic (same torch version => byte-identical files).
 """
 
-import json
 import math
 import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from fixture_io import finite_difference_check, tensor_json, write_fixture
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                        "src", "test", "resources", "fixtures")
@@ -155,29 +156,6 @@ def init_weights(model):
                 p.normal_(0.0, 0.1)
 
 
-def tensor_json(t):
-    return {"shape": list(t.shape), "data": [float(v) for v in t.detach().reshape(-1).tolist()]}
-
-
-def finite_difference_check(model, idx, targets, grads, picks, eps=1e-6, rtol=1e-6, atol=1e-9):
-    """Central differences in float64 on a few entries; asserts they match autograd."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, flat_i in picks:
-            p = params[name].view(-1)
-            orig = p[flat_i].item()
-            p[flat_i] = orig + eps
-            _, lp = model(idx, targets)
-            p[flat_i] = orig - eps
-            _, lm = model(idx, targets)
-            p[flat_i] = orig
-            fd = (lp.item() - lm.item()) / (2 * eps)
-            ag = grads[name].view(-1)[flat_i].item()
-            assert abs(fd - ag) <= atol + rtol * max(abs(fd), abs(ag)), \
-                f"finite-difference mismatch {name}[{flat_i}]: fd={fd!r} autograd={ag!r}"
-            print(f"  fd check {name}[{flat_i}]: fd={fd:.10e} autograd={ag:.10e}")
-
-
 def make(bias, filename):
     torch.manual_seed(0)  # construction draws (overwritten below); fixed for tidiness
     model = GPT(N_LAYER, N_HEAD, N_EMBD, BLOCK_SIZE, VOCAB, bias).double()
@@ -222,22 +200,7 @@ def make(bias, filename):
         "logits": tensor_json(logits),
         "grads": {n: tensor_json(g) for n, g in grads.items()},
     }
-    os.makedirs(OUT_DIR, exist_ok=True)
-    path = os.path.join(OUT_DIR, filename)
-    # One top-level key per line, one tensor per line: readable diffs, still plain JSON.
-    lines = []
-    for key, value in doc.items():
-        if key in ("params", "grads"):
-            inner = ",\n".join(f"  {json.dumps(n)}: {json.dumps(t)}" for n, t in value.items())
-            lines.append(f"{json.dumps(key)}: {{\n{inner}\n}}")
-        else:
-            lines.append(f"{json.dumps(key)}: {json.dumps(value)}")
-    text = "{\n" + ",\n".join(lines) + "\n}\n"
-    assert json.loads(text) == json.loads(json.dumps(doc))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    path = write_fixture(doc, OUT_DIR, filename)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"wrote {os.path.relpath(path)}: bias={bias} params={n_params} loss={loss.item()!r}")
 
