@@ -48,3 +48,17 @@ def write_fixture(doc, out_dir, filename):
         f.write(text)
     os.replace(tmp, path)
     return path
+
+
+def write_model_fixture(config, model, idx, targets, loss, logits, grads, out_dir, filename):
+    """A model parity fixture: config, the batch, every parameter, loss, logits and every parameter's gradient."""
+    doc = {
+        "config": config,
+        "idx": idx.reshape(-1).tolist(),
+        "targets": targets.reshape(-1).tolist(),
+        "params": {n: tensor_json(p) for n, p in model.named_parameters()},
+        "loss": float(loss.item()),
+        "logits": tensor_json(logits),
+        "grads": {n: tensor_json(g) for n, g in grads.items()},
+    }
+    return write_fixture(doc, out_dir, filename)

@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fixture_io import finite_difference_check, tensor_json, write_fixture
+from fixture_io import finite_difference_check, write_model_fixture
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                        "src", "test", "resources", "fixtures")
@@ -189,18 +189,10 @@ def make(bias, filename):
 
     n_valid = int((targets != -1).sum())
     assert n_valid == B * T - 3
-    doc = {
-        "config": {"n_layer": N_LAYER, "n_head": N_HEAD, "n_embd": N_EMBD,
-                   "block_size": BLOCK_SIZE, "vocab_size": VOCAB, "bias": bias,
-                   "batch_size": B, "seq_len": T},
-        "idx": idx.reshape(-1).tolist(),
-        "targets": targets.reshape(-1).tolist(),
-        "params": {n: tensor_json(p) for n, p in model.named_parameters()},
-        "loss": float(loss.item()),
-        "logits": tensor_json(logits),
-        "grads": {n: tensor_json(g) for n, g in grads.items()},
-    }
-    path = write_fixture(doc, OUT_DIR, filename)
+    config = {"n_layer": N_LAYER, "n_head": N_HEAD, "n_embd": N_EMBD,
+               "block_size": BLOCK_SIZE, "vocab_size": VOCAB, "bias": bias,
+               "batch_size": B, "seq_len": T}
+    path = write_model_fixture(config, model, idx, targets, loss, logits, grads, OUT_DIR, filename)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"wrote {os.path.relpath(path)}: bias={bias} params={n_params} loss={loss.item()!r}")
 
