@@ -1,6 +1,8 @@
 package dev.kiln.train;
 
 import dev.kiln.dist.DataParallel;
+import dev.kiln.dist.DistException;
+import dev.kiln.dist.ParallelLayout;
 import dev.kiln.dist.MpiProcessGroup;
 import dev.kiln.dist.ProcessGroup;
 import dev.kiln.nn.models.CausalLm;
@@ -41,11 +43,16 @@ final class ParallelRun {
         if (!ProcessGroup.launchedByMpirun()) return null;
         ParallelConfig pc = cfg.parallel();
         MpiProcessGroup.setTimeoutSeconds(pc.timeout_s());
-        ProcessGroup world = ProcessGroup.world();
+        ParallelLayout layout;
+        try {
+            layout = ParallelLayout.of(ProcessGroup.world(), pc.dp(), pc.tp(), pc.pp());
+        } catch (DistException e) {
+            throw new TrainingException(e.getMessage());
+        }
+        if (layout.tpSize() > 1) throw new TrainingException("parallel.tp > 1: tensor parallelism is not built yet");
+        if (layout.ppSize() > 1) throw new TrainingException("parallel.pp > 1: pipeline parallelism is not built yet");
+        ProcessGroup world = layout.dp();
         int n = world.size();
-        if (pc.dp() != 0 && pc.dp() != n)
-            throw new TrainingException("parallel.dp " + pc.dp() + " must be 0 or the number of ranks (" + n + ", mpirun -np): "
-                    + "without tensor or pipeline parallelism every rank is a data-parallel rank");
         if (n == 1) return null;
         if (cfg.train().batch_size() % n != 0)
             throw new TrainingException("train.batch_size " + cfg.train().batch_size() + " must be divisible by the " + n + " data-parallel ranks");

@@ -286,6 +286,11 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         if (pc.zero_stage() < 0 || pc.zero_stage() > 3) fail("parallel.zero_stage", "must be 0, 1, 2 or 3, got " + pc.zero_stage());
         if (!(pc.bucket_mb() > 0 && Double.isFinite(pc.bucket_mb()))) fail("parallel.bucket_mb", "must be > 0, got " + pc.bucket_mb());
         if (!(pc.timeout_s() > 0 && Double.isFinite(pc.timeout_s()))) fail("parallel.timeout_s", "must be > 0, got " + pc.timeout_s());
+        if (pc.tp() < 1) fail("parallel.tp", "must be >= 1, got " + pc.tp());
+        if (pc.pp() < 1) fail("parallel.pp", "must be >= 1, got " + pc.pp());
+        if (!pc.pp_schedule().equals("1f1b") && !pc.pp_schedule().equals("gpipe"))
+            fail("parallel.pp_schedule", "must be 1f1b or gpipe, got '" + pc.pp_schedule() + "'");
+        nonNegative("parallel.micro_batches", pc.micro_batches());
         return this;
     }
 
