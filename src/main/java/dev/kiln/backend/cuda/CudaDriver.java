@@ -24,6 +24,8 @@ import static dev.kiln.backend.cuda.Native.PTR;
 public final class CudaDriver {
     /** CUresult codes Kiln reacts to (cuda.h). */
     public static final int CUDA_SUCCESS = 0, CUDA_ERROR_OUT_OF_MEMORY = 2, CUDA_ERROR_NO_DEVICE = 100;
+    /** cuEventQuery's answer for work not yet done (cuda.h): not an error. */
+    public static final int CUDA_ERROR_NOT_READY = 600;
     /** CUdevice_attribute values (cuda.h). */
     public static final int ATTR_MULTIPROCESSOR_COUNT = 16, ATTR_CC_MAJOR = 75, ATTR_CC_MINOR = 76;
     static final int CU_STREAM_NON_BLOCKING = 1, CU_MEMHOSTALLOC_PORTABLE = 1, CU_EVENT_DEFAULT = 0;
@@ -33,6 +35,7 @@ public final class CudaDriver {
             memFreeHost, memcpyHtoDAsync, memcpyDtoHAsync, memcpyDtoDAsync, memsetD8Async, streamCreate, streamSynchronize,
             streamWaitEvent, eventCreate, eventRecord, eventSynchronize, eventElapsedTime, eventDestroy, moduleLoadData,
             moduleGetFunction, launchKernel;
+    private final MethodHandle eventQuery;
 
     /** Binds every entry point (throws {@link CudaUnavailableException} naming a missing one). */
     public CudaDriver(SymbolLookup lib) {
@@ -63,6 +66,7 @@ public final class CudaDriver {
         eventCreate = Native.bind(lib, l, FunctionDescriptor.of(INT, PTR, INT), "cuEventCreate");
         eventRecord = Native.bind(lib, l, FunctionDescriptor.of(INT, PTR, PTR), "cuEventRecord");
         eventSynchronize = Native.bind(lib, l, FunctionDescriptor.of(INT, PTR), "cuEventSynchronize");
+        eventQuery = Native.bind(lib, l, FunctionDescriptor.of(INT, PTR), "cuEventQuery");
         eventElapsedTime = Native.bind(lib, l, FunctionDescriptor.of(INT, PTR, PTR, PTR), "cuEventElapsedTime_v2", "cuEventElapsedTime");
         eventDestroy = Native.bind(lib, l, FunctionDescriptor.of(INT, PTR), "cuEventDestroy_v2", "cuEventDestroy");
         moduleLoadData = Native.bind(lib, l, FunctionDescriptor.of(INT, PTR, PTR), "cuModuleLoadData");
@@ -216,6 +220,19 @@ public final class CudaDriver {
 
     public void synchronizeEvent(MemorySegment event) {
         call("cuEventSynchronize", () -> (int) eventSynchronize.invokeExact(event));
+    }
+
+    /** cuEventQuery: whether the work before the event's last record has finished, without blocking (pollers bound their waits). */
+    public boolean eventDone(MemorySegment event) {
+        int rc;
+        try {
+            rc = (int) eventQuery.invokeExact(event);
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+        if (rc == CUDA_ERROR_NOT_READY) return false;
+        check("cuEventQuery", rc);
+        return true;
     }
 
     /** Milliseconds between two recorded (and completed) events. */

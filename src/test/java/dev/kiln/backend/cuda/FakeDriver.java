@@ -30,7 +30,7 @@ final class FakeDriver {
     static int failCopiesWith = 0;                 // a CUresult the next async copy returns (0 = succeed)
     static long capacity = 1L << 30, used;
     static final Map<Long, Long> live = new HashMap<>();
-    static final List<String> calls = new ArrayList<>();
+    static final List<String> calls = java.util.Collections.synchronizedList(new ArrayList<>());   // ranks' threads call too (NCCL fakes)
     static final List<Object[]> launches = new ArrayList<>();
     static final Arena ARENA = Arena.global();
     static int memAllocs;
@@ -38,6 +38,8 @@ final class FakeDriver {
     /** When set, the fake device runs launches of catalog kernels on this host build of them (see {@link EmulatedDevice}). */
     static KernelEmulator emulator;
     static String lastLaunchError;
+    /** What cuEventQuery answers (0 = done; 600 = CUDA_ERROR_NOT_READY, for work that never finishes). */
+    static int eventQueryResult;
 
     private static final Map<String, MemorySegment> ERROR_NAMES = new HashMap<>();
 
@@ -53,6 +55,7 @@ final class FakeDriver {
         functions.clear();
         emulator = null;
         lastLaunchError = null;
+        eventQueryResult = 0;
     }
 
     /** The fake library: every symbol CudaDriver binds, as upcall stubs. */
@@ -84,6 +87,7 @@ final class FakeDriver {
         sigs.put("cuEventCreate", FunctionDescriptor.of(INT, PTR, INT));
         sigs.put("cuEventRecord", FunctionDescriptor.of(INT, PTR, PTR));
         sigs.put("cuEventSynchronize", FunctionDescriptor.of(INT, PTR));
+        sigs.put("cuEventQuery", FunctionDescriptor.of(INT, PTR));
         sigs.put("cuEventElapsedTime_v2", FunctionDescriptor.of(INT, PTR, PTR, PTR));
         sigs.put("cuEventDestroy_v2", FunctionDescriptor.of(INT, PTR));
         sigs.put("cuModuleLoadData", FunctionDescriptor.of(INT, PTR, PTR));
@@ -263,7 +267,8 @@ final class FakeDriver {
     }
 
     static int cuStreamWaitEvent(MemorySegment s, MemorySegment e, int flags) {
-        return 0;
+        calls.add("cuStreamWaitEvent(stream 0x" + Long.toHexString(s.address()) + ")");
+        return s.address() == 0 || e.address() == 0 ? 1 : 0;
     }
 
     static int cuEventCreate(MemorySegment e, int flags) {
@@ -272,13 +277,18 @@ final class FakeDriver {
     }
 
     static int cuEventRecord(MemorySegment e, MemorySegment s) {
-        calls.add("cuEventRecord");
+        calls.add("cuEventRecord(stream 0x" + Long.toHexString(s.address()) + ")");
         return 0;
     }
 
     static int cuEventSynchronize(MemorySegment e) {
         calls.add("cuEventSynchronize");
         return 0;
+    }
+
+    static int cuEventQuery(MemorySegment e) {
+        calls.add("cuEventQuery");
+        return e.address() == 0 ? 1 : eventQueryResult;
     }
 
     static int cuEventElapsedTime_v2(MemorySegment ms, MemorySegment a, MemorySegment b) {
