@@ -15,6 +15,8 @@ import java.lang.invoke.MethodHandle;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Collections;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
@@ -78,10 +80,32 @@ public final class Nccl {
     /** {@code typedef struct { char internal[128]; } ncclUniqueId;} */
     static final StructLayout UNIQUE_ID = MemoryLayout.structLayout(MemoryLayout.sequenceLayout(UNIQUE_ID_BYTES, ValueLayout.JAVA_BYTE).withName("internal"));
 
-    /** Every symbol bound, for the binding test against a real libnccl. */
-    static final List<String> SYMBOLS = List.of("ncclGetVersion", "ncclGetUniqueId", "ncclCommInitRank", "ncclCommDestroy", "ncclCommAbort",
-            "ncclCommGetAsyncError", "ncclCommCount", "ncclCommUserRank", "ncclGetErrorString", "ncclGetLastError", "ncclAllReduce",
-            "ncclReduceScatter", "ncclAllGather", "ncclBroadcast", "ncclReduce", "ncclSend", "ncclRecv", "ncclGroupStart", "ncclGroupEnd");
+    /** Every entry point bound, with its C signature as FFM sees it (the binding test compares these with nccl.h). */
+    static final Map<String, FunctionDescriptor> SIGNATURES = signatures();
+
+    private static Map<String, FunctionDescriptor> signatures() {
+        Map<String, FunctionDescriptor> m = new LinkedHashMap<>();
+        m.put("ncclGetVersion", FunctionDescriptor.of(I, P));
+        m.put("ncclGetUniqueId", FunctionDescriptor.of(I, P));
+        m.put("ncclCommInitRank", FunctionDescriptor.of(I, P, I, UNIQUE_ID, I));   // the id by value
+        m.put("ncclCommDestroy", FunctionDescriptor.of(I, P));
+        m.put("ncclCommAbort", FunctionDescriptor.of(I, P));
+        m.put("ncclCommGetAsyncError", FunctionDescriptor.of(I, P, P));
+        m.put("ncclCommCount", FunctionDescriptor.of(I, P, P));
+        m.put("ncclCommUserRank", FunctionDescriptor.of(I, P, P));
+        m.put("ncclGetErrorString", FunctionDescriptor.of(P, I));
+        m.put("ncclGetLastError", FunctionDescriptor.of(P, P));
+        m.put("ncclAllReduce", FunctionDescriptor.of(I, P, P, SIZE, I, I, P, P));
+        m.put("ncclReduceScatter", FunctionDescriptor.of(I, P, P, SIZE, I, I, P, P));
+        m.put("ncclAllGather", FunctionDescriptor.of(I, P, P, SIZE, I, P, P));
+        m.put("ncclBroadcast", FunctionDescriptor.of(I, P, P, SIZE, I, I, P, P));
+        m.put("ncclReduce", FunctionDescriptor.of(I, P, P, SIZE, I, I, I, P, P));
+        m.put("ncclSend", FunctionDescriptor.of(I, P, SIZE, I, I, P, P));
+        m.put("ncclRecv", FunctionDescriptor.of(I, P, SIZE, I, I, P, P));
+        m.put("ncclGroupStart", FunctionDescriptor.of(I));
+        m.put("ncclGroupEnd", FunctionDescriptor.of(I));
+        return Collections.unmodifiableMap(m);
+    }
 
     private final String where;
     private final MethodHandle getVersion, getUniqueId, commInitRank, commDestroy, commAbort, commGetAsyncError, commCount, commUserRank,
@@ -90,28 +114,29 @@ public final class Nccl {
     /** Binds every entry point of {@code lib}, loaded from {@code where} (named in errors). */
     public Nccl(SymbolLookup lib, String where) {
         this.where = where;
-        getVersion = bind(lib, "ncclGetVersion", FunctionDescriptor.of(I, P));
-        getUniqueId = bind(lib, "ncclGetUniqueId", FunctionDescriptor.of(I, P));
-        commInitRank = bind(lib, "ncclCommInitRank", FunctionDescriptor.of(I, P, I, UNIQUE_ID, I));
-        commDestroy = bind(lib, "ncclCommDestroy", FunctionDescriptor.of(I, P));
-        commAbort = bind(lib, "ncclCommAbort", FunctionDescriptor.of(I, P));
-        commGetAsyncError = bind(lib, "ncclCommGetAsyncError", FunctionDescriptor.of(I, P, P));
-        commCount = bind(lib, "ncclCommCount", FunctionDescriptor.of(I, P, P));
-        commUserRank = bind(lib, "ncclCommUserRank", FunctionDescriptor.of(I, P, P));
-        getErrorString = bind(lib, "ncclGetErrorString", FunctionDescriptor.of(P, I));
-        getLastError = bind(lib, "ncclGetLastError", FunctionDescriptor.of(P, P));
-        allReduce = bind(lib, "ncclAllReduce", FunctionDescriptor.of(I, P, P, SIZE, I, I, P, P));
-        reduceScatter = bind(lib, "ncclReduceScatter", FunctionDescriptor.of(I, P, P, SIZE, I, I, P, P));
-        allGather = bind(lib, "ncclAllGather", FunctionDescriptor.of(I, P, P, SIZE, I, P, P));
-        broadcast = bind(lib, "ncclBroadcast", FunctionDescriptor.of(I, P, P, SIZE, I, I, P, P));
-        reduce = bind(lib, "ncclReduce", FunctionDescriptor.of(I, P, P, SIZE, I, I, I, P, P));
-        send = bind(lib, "ncclSend", FunctionDescriptor.of(I, P, SIZE, I, I, P, P));
-        recv = bind(lib, "ncclRecv", FunctionDescriptor.of(I, P, SIZE, I, I, P, P));
-        groupStart = bind(lib, "ncclGroupStart", FunctionDescriptor.of(I));
-        groupEnd = bind(lib, "ncclGroupEnd", FunctionDescriptor.of(I));
+        getVersion = bind(lib, "ncclGetVersion");
+        getUniqueId = bind(lib, "ncclGetUniqueId");
+        commInitRank = bind(lib, "ncclCommInitRank");
+        commDestroy = bind(lib, "ncclCommDestroy");
+        commAbort = bind(lib, "ncclCommAbort");
+        commGetAsyncError = bind(lib, "ncclCommGetAsyncError");
+        commCount = bind(lib, "ncclCommCount");
+        commUserRank = bind(lib, "ncclCommUserRank");
+        getErrorString = bind(lib, "ncclGetErrorString");
+        getLastError = bind(lib, "ncclGetLastError");
+        allReduce = bind(lib, "ncclAllReduce");
+        reduceScatter = bind(lib, "ncclReduceScatter");
+        allGather = bind(lib, "ncclAllGather");
+        broadcast = bind(lib, "ncclBroadcast");
+        reduce = bind(lib, "ncclReduce");
+        send = bind(lib, "ncclSend");
+        recv = bind(lib, "ncclRecv");
+        groupStart = bind(lib, "ncclGroupStart");
+        groupEnd = bind(lib, "ncclGroupEnd");
     }
 
-    private MethodHandle bind(SymbolLookup lib, String name, FunctionDescriptor fd) {
+    private MethodHandle bind(SymbolLookup lib, String name) {
+        FunctionDescriptor fd = SIGNATURES.get(name);
         MemorySegment sym = lib.find(name).orElseThrow(() -> new DistException(where + " does not export " + name + ": not NCCL 2.12 or newer?"));
         return Linker.nativeLinker().downcallHandle(sym, fd);
     }
