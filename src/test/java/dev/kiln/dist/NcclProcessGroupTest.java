@@ -283,6 +283,30 @@ class NcclProcessGroupTest {
         assertEquals("2.8.4", Nccl.versionString(2804));
     }
 
+    @Test
+    void gpuChecksNcclLineRunsEveryCollectiveAndReportsOrSkipsCleanly() {
+        java.util.Map<String, Object> json = new java.util.LinkedHashMap<>();
+        String line = NcclCheck.run(rt, () -> nccl, json, 1001, 1 << 12);
+        assertTrue(line.startsWith("NCCL 2.30.7 (fake libnccl), world size 1 on cuda:0: all-reduce fp32 and bf16 (sum, avg), reduce-scatter, "
+                + "all-gather and broadcast of 1,001 elements exact"), line);
+        assertEquals("2.30.7", json.get("nccl_version"));
+        assertTrue(json.get("nccl_allreduce_ms") instanceof Double);
+        assertTrue(FakeNccl.calls.stream().anyMatch(c -> c.startsWith("ncclAllReduce(rank 0, count 1001, type 9, op 4,")), "bf16 avg: " + FakeNccl.calls);
+        assertTrue(FakeNccl.calls.contains("ncclCommDestroy(rank 0)"), "the check's group is closed");
+        // a library that is not there: skipped with the one-line reason, not a failure
+        String skipped = NcclCheck.run(rt, () -> { throw new DistException(Nccl.notFound(java.util.Map.of(), java.nio.file.Path.of("/nonexistent"))); },
+                new java.util.HashMap<>(), 10, 64);
+        assertTrue(skipped.startsWith("skipped: NCCL is not available: libnccl.so.2 not found in $KILN_NCCL_LIB (unset)"), skipped);
+    }
+
+    @Test
+    void gpuCheckNamesAFailingNcclCollective() {
+        // NCCL refusing the first all-reduce: the check must end in that one-line error (GpuCheck prints it as FAIL)
+        FakeNccl.failNextWith = Nccl.INVALID_ARGUMENT;
+        DistException e = assertThrows(DistException.class, () -> NcclCheck.run(rt, () -> nccl, new java.util.HashMap<>(), 16, 64));
+        assertTrue(e.getMessage().startsWith("ncclAllReduce failed: ncclInvalidArgument (4)"), e.getMessage());
+    }
+
     /**
      * The host group of n threads, for the unique id's broadcast only (all the bootstrap's job is here): the root's
      * bytes are copied to every rank's buffer between two barriers.

@@ -41,9 +41,35 @@ public final class GpuCheck {
     private final PrintStream out;
     private final Map<String, Object> json = new LinkedHashMap<>();
     private final List<String> failed = new ArrayList<>();
+    private Map<String, Extra> extras = Map.of();
 
     private GpuCheck(PrintStream out) {
         this.out = out;
+    }
+
+    /**
+     * A check that lives in a package above this one (the NCCL check, in dist): its one-line result ("FAIL …" when it
+     * failed); it may add fields to the JSON line.
+     */
+    @FunctionalInterface
+    public interface Extra {
+        String run(CudaRuntime rt, Map<String, Object> json) throws Exception;
+    }
+
+    /** {@link #run(PrintStream, int, boolean)}, then the {@code extras} in order, before the summary and the JSON line. */
+    public static List<String> run(PrintStream out, int index, boolean quick, Map<String, Extra> extras) {
+        CudaLibraries libs = CudaLibraries.system();
+        for (CudaLibraries.Library l : CudaLibraries.Library.values())
+            out.printf("library  %-9s %s%n", l.name().toLowerCase(Locale.ROOT),
+                    libs.find(l).map(Path::toString).orElse("not in the searched folders (the dynamic linker may still find it)"));
+        return run(out, CudaRuntime.get(index), quick, extras);
+    }
+
+    static List<String> run(PrintStream out, CudaRuntime rt, boolean quick, Map<String, Extra> extras) {
+        GpuCheck c = new GpuCheck(out);
+        c.extras = extras;
+        c.all(rt, quick);
+        return c.failed;
     }
 
     /**
@@ -51,18 +77,12 @@ public final class GpuCheck {
      * Throws {@link CudaUnavailableException} when there is no GPU to check.
      */
     public static List<String> run(PrintStream out, int index, boolean quick) {
-        CudaLibraries libs = CudaLibraries.system();
-        for (CudaLibraries.Library l : CudaLibraries.Library.values())
-            out.printf("library  %-9s %s%n", l.name().toLowerCase(Locale.ROOT),
-                    libs.find(l).map(Path::toString).orElse("not in the searched folders (the dynamic linker may still find it)"));
-        return run(out, CudaRuntime.get(index), quick);
+        return run(out, index, quick, Map.of());
     }
 
     /** The checks on an opened runtime (a fake one in tests). */
     static List<String> run(PrintStream out, CudaRuntime rt, boolean quick) {
-        GpuCheck c = new GpuCheck(out);
-        c.all(rt, quick);
-        return c.failed;
+        return run(out, rt, quick, Map.of());
     }
 
     private void all(CudaRuntime rt, boolean quick) {
@@ -80,6 +100,7 @@ public final class GpuCheck {
             check("launch_time", () -> launchTime(rt));
             check("gemm_speed", () -> gemmSpeed(rt));
         }
+        extras.forEach((name, extra) -> check(name, () -> extra.run(rt, json)));
         out.printf("%s%n", failed.isEmpty() ? "all GPU checks passed" : "FAILED: " + String.join(", ", failed));
         json.put("failed", failed);
         out.println(toJson(json));
