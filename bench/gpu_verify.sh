@@ -5,13 +5,14 @@
 #                                   into .carry/jre (git-ignored; ~45 MB) if it is missing
 #   bench/gpu_verify.sh --device    (on the GPU machine, in the repository root, with target/kiln.jar and
 #                                   .carry/jre carried over) run `kiln gpu-check` (discovery, device, copies,
-#                                   allocator, NVRTC, every kernel source, cuBLAS vs CPU GEMM, timings), then
+#                                   allocator, NVRTC, every kernel source, cuBLAS vs CPU GEMM, NCCL at world
+#                                   size 1, timings), then
 #                                   `kiln gpu-check --ops` (every op with a CUDA kernel vs the CPU backend, fp32
 #                                   and bf16), then a short GPT-2 124M training on the GPU
 #   bench/gpu_verify.sh             both, when this machine has a GPU (nvidia-smi works)
 #
 # Results go to $OUT (if set, e.g. by the device runner) or bench/results/: gpu_check.txt, gpu_check.json
-# (the check's last line), gpu_ops.txt, gpu_train.txt. Exit code: 0 when gpu-check and gpu-check --ops passed.
+# (the check's last line), gpu_nccl.txt (its NCCL line), gpu_ops.txt, gpu_train.txt. Exit code: 0 when gpu-check and gpu-check --ops passed.
 set -u
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root" || exit 1
@@ -46,6 +47,9 @@ device() {
     "${jvm[@]}" gpu-check 2>&1 | tee "$out/gpu_check.txt"
     rc=${PIPESTATUS[0]}
     tail -n 1 "$out/gpu_check.txt" >"$out/gpu_check.json"
+    # NCCL at world size 1 (communicator, every collective in fp32/bf16 through the group's stream, a timed
+    # all-reduce): one line of gpu-check; libnccl.so.2 from KILN_NCCL_LIB, /usr/lib/x86_64-linux-gnu or pip's wheels
+    grep -E '^(ok|FAIL) +nccl ' "$out/gpu_check.txt" | tee "$out/gpu_nccl.txt" >&2 || echo "gpu_verify: no NCCL line in gpu-check's output" >&2
     echo ">> kiln gpu-check --ops" >&2
     "${jvm[@]}" gpu-check --ops 2>&1 | tee "$out/gpu_ops.txt"
     [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1

@@ -142,7 +142,7 @@ class NcclProcessGroupTest {
         // every buffer is made on this thread (the fake driver's allocator is not thread-safe, a real one is per process)
         float[][] grads = {{1, 2, 3, 4, 5}, {10, 20, 30, 40, 50}};
         Tensor[] g32 = new Tensor[n], g16 = new Tensor[n], rsSend = new Tensor[n], rsRecv = new Tensor[n], rsUneven = new Tensor[n],
-                agRecv = new Tensor[n], agUneven = new Tensor[n], bcast = new Tensor[n], p2p = new Tensor[n], p2pIn = new Tensor[n];
+                agRecv = new Tensor[n], agUneven = new Tensor[n], bcast = new Tensor[n], p2p = new Tensor[n], p2pIn = new Tensor[n], mx = new Tensor[n];
         for (int r = 0; r < n; r++) {
             g32[r] = upload(DType.F32, grads[r]);
             g16[r] = upload(DType.BF16, grads[r]);
@@ -154,6 +154,7 @@ class NcclProcessGroupTest {
             bcast[r] = upload(DType.F32, r == 1 ? new float[] {42, 43} : new float[] {0, 0});
             p2p[r] = upload(DType.F32, 100 * r + 1, 100 * r + 2);
             p2pIn[r] = rt.empty(DType.F32, 2);
+            mx[r] = upload(DType.F32, r, -r, 0.5f);
         }
         List<long[]> bytes = ranks(n, rank -> {
             NcclProcessGroup g = NcclProcessGroup.create(nccl, rt, boot.rank(rank), 60);
@@ -161,6 +162,7 @@ class NcclProcessGroupTest {
                 assertEquals(rank, g.rank());
                 g.allReduceAsync(g32[rank]).await();
                 g.allReduceAsync(g16[rank]).await();
+                g.allReduceAsync(rt.address(mx[rank]), 3, Nccl.DataType.FLOAT32, Nccl.RedOp.MAX).await();
                 // even reduce-scatter: one ncclReduceScatter of 2 per rank (the first 4 elements)
                 g.reduceScatterAsync(rt.address(rsSend[rank]), rt.address(rsRecv[rank]), new long[] {2, 2}, Nccl.DataType.FLOAT32).await();
                 // uneven: 3 + 2, a group of ncclReduce
@@ -186,11 +188,12 @@ class NcclProcessGroupTest {
             assertArrayEquals(new float[] {11, 22, 33, 44, 55}, download(g32[r]), "fp32 all-reduce on rank " + r);
             assertArrayEquals(new float[] {11, 22, 33, 44, 55}, download(g16[r]), "bf16 all-reduce on rank " + r + " (all exact in bf16)");
             assertArrayEquals(new float[] {42, 43}, download(bcast[r]), "broadcast from rank 1");
+            assertArrayEquals(new float[] {1, 0, 0.5f}, download(mx[r]), "max over ranks");
             assertArrayEquals(new float[] {100 * (1 - r) + 1, 100 * (1 - r) + 2}, download(p2pIn[r]), "rank " + r + " received its peer's floats");
             // the sums over ranks of (r+1)·[1..5] are 3·[1..5]
             assertArrayEquals(new float[] {3, 6, 9, 12}, download(agRecv[r]), "all-gather of the even (2 + 2) reduce-scatter's blocks");
             assertArrayEquals(new float[] {3, 6, 9, 12, 15}, download(agUneven[r]), "all-gather of the uneven (3 + 2) blocks");
-            assertArrayEquals(new long[] {5 * 4 + 5 * 2, 4 * 4 + 5 * 4, 4 * 4 + 5 * 4, 2 * 4}, bytes.get(r), "CommStats of rank " + r);
+            assertArrayEquals(new long[] {5 * 4 + 5 * 2 + 3 * 4, 4 * 4 + 5 * 4, 4 * 4 + 5 * 4, 2 * 4}, bytes.get(r), "CommStats of rank " + r);
         }
         assertArrayEquals(new float[] {3, 6}, download(rsRecv[0]));
         assertArrayEquals(new float[] {9, 12}, download(rsRecv[1]));
