@@ -288,19 +288,27 @@ public final class NcclProcessGroup implements AutoCloseable {
         throw new DistException(msg);
     }
 
-    /** Waits for every call issued so far and frees the communicator (nothing to do after an abort). */
+    /**
+     * Waits for every call issued so far (bounded by the timeout, like any wait: past it the communicator is
+     * aborted and the error thrown) and frees the communicator; after an abort there is nothing left to free.
+     */
     @Override
     public synchronized void close() {
         if (closed) return;
-        closed = true;
         rt.makeCurrent();
-        if (failure == null) {
-            driver.synchronize(stream);
-            nccl.commDestroy(comm);
+        try {
+            if (failure == null) {
+                MemorySegment end = freeEvents.isEmpty() ? driver.createEvent() : freeEvents.pop();
+                driver.record(end, stream);
+                new Pending("the calls in flight at close()", end).await();
+                nccl.commDestroy(comm);
+            }
+        } finally {
+            closed = true;
+            for (MemorySegment e : freeEvents) driver.destroyEvent(e);
+            driver.destroyEvent(ready);
+            freeEvents.clear();
         }
-        for (MemorySegment e : freeEvents) driver.destroyEvent(e);
-        driver.destroyEvent(ready);
-        freeEvents.clear();
     }
 
     @Override

@@ -245,6 +245,18 @@ class NcclProcessGroupTest {
     }
 
     @Test
+    void closingWithACollectiveStuckInFlightIsBoundedToo() {
+        NcclProcessGroup g = NcclProcessGroup.single(nccl, rt, 0.2);
+        FakeNccl.hang = true;
+        FakeGpu.eventsNeverComplete(true);
+        g.allReduceAsync(upload(DType.F32, 1));   // never awaited
+        DistException e = assertThrows(DistException.class, g::close);
+        assertTrue(e.getMessage().startsWith("kiln: rank 0 of 1 (cuda:0): NCCL the calls in flight at close() did not complete within 0.2 s"), e.getMessage());
+        assertTrue(FakeNccl.calls.contains("ncclCommAbort(rank 0)"));
+        g.close();   // closed now: nothing more to do
+    }
+
+    @Test
     void aFailingCallIsOneLineNamingTheCallAndNcclsWords() {
         NcclProcessGroup g = single(60);
         Tensor x = upload(DType.F32, 1);
