@@ -48,6 +48,19 @@ public final class GpuCheck {
     }
 
     /**
+     * Runs every check on GPU {@code index}; returns the names of the checks that failed (empty = all passed).
+     * Throws {@link CudaUnavailableException} when there is no GPU to check.
+     */
+    public static List<String> run(PrintStream out, int index, boolean quick) {
+        return run(out, index, quick, Map.of());
+    }
+
+    /** The checks on an opened runtime (a fake one in tests). */
+    static List<String> run(PrintStream out, CudaRuntime rt, boolean quick) {
+        return run(out, rt, quick, Map.of());
+    }
+
+    /**
      * A check that lives in a package above this one (the NCCL check, in dist): its one-line result ("FAIL …" when it
      * failed); it may add fields to the JSON line.
      */
@@ -70,19 +83,6 @@ public final class GpuCheck {
         c.extras = extras;
         c.all(rt, quick);
         return c.failed;
-    }
-
-    /**
-     * Runs every check on GPU {@code index}; returns the names of the checks that failed (empty = all passed).
-     * Throws {@link CudaUnavailableException} when there is no GPU to check.
-     */
-    public static List<String> run(PrintStream out, int index, boolean quick) {
-        return run(out, index, quick, Map.of());
-    }
-
-    /** The checks on an opened runtime (a fake one in tests). */
-    static List<String> run(PrintStream out, CudaRuntime rt, boolean quick) {
-        return run(out, rt, quick, Map.of());
     }
 
     private void all(CudaRuntime rt, boolean quick) {
