@@ -164,6 +164,11 @@ public final class NcclProcessGroup implements AutoCloseable {
                 count * type.bytes, () -> nccl.broadcast(buf, buf, count, type, root, comm, stream));
     }
 
+    /**
+     * Point to point on the group's one stream, in the order called: a send waits there for its matching receive, so
+     * two ranks that both send first deadlock (NCCL would need the pair in one group); pipeline stages that send and
+     * receive in matching order — rank 0 sends then receives, rank 1 receives then sends — need nothing more.
+     */
     public Work sendAsync(long buf, long count, Nccl.DataType type, int peer) {
         checkCount(count);
         checkRank(peer, "peer");
