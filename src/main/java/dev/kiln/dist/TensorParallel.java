@@ -29,6 +29,7 @@ public final class TensorParallel implements TensorParallelism {
     private final ProcessGroup group;
     private final CommStats stats = new CommStats();
     private final IdentityHashMap<Parameter, Boolean> sharded = new IdentityHashMap<>();
+    private Gpt model;
 
     public TensorParallel(ProcessGroup group) {
         this.group = group;
@@ -46,6 +47,7 @@ public final class TensorParallel implements TensorParallelism {
 
     /** Records which of {@code model}'s parameters are shards (the rest are replicated), for {@link #clip}. */
     public void shardsOf(Gpt model) {
+        this.model = model;
         sharded.clear();
         var named = model.namedParameters();
         for (String n : model.tensorParallelSplits().keySet()) sharded.put(named.get(n), Boolean.TRUE);
@@ -223,9 +225,13 @@ public final class TensorParallel implements TensorParallelism {
         return recv;
     }
 
-    /** {@code full} ← the whole tensor whose shard {@code local} is on this rank, cut by {@code split} (collective). */
+    /**
+     * {@code full} ← the whole tensor whose shard {@code local} is on this rank, cut by {@code split} (collective; a
+     * rank that passes null for {@code full} only contributes its shard).
+     */
     public void gatherInto(Tensor local, TensorParallelism.Split split, Tensor full) {
-        split.assemble(gather(local.contiguous()), full, size());
+        MemorySegment all = gather(local.contiguous());
+        if (full != null) split.assemble(all, full, size());
     }
 
     /**
@@ -251,7 +257,12 @@ public final class TensorParallel implements TensorParallelism {
         return norm;
     }
 
-    /** For tests: whether {@code p} is a shard (not replicated). */
+    /** The shard {@link #shardsOf} registered (null before). */
+    public Gpt model() {
+        return model;
+    }
+
+    /** Whether {@code p} is a shard (not replicated) of the registered model. */
     public boolean isSharded(Parameter p) {
         return sharded.containsKey(p);
     }

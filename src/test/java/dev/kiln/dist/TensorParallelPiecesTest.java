@@ -236,7 +236,7 @@ class TensorParallelPiecesTest {
         long replicated = tokens * c + 2L * c + l * (4L * c + 2L * c);
         long sharded = (long) rowsPerShard * t * c + l * (12L * c * c + 7L * c);
         for (ShardResult res : results) assertEquals(replicated + sharded / t, res.params(), "tp " + t + ": parameters per shard");
-        System.out.printf("tp %d: loss %.6f on every shard (whole model %.6f); parameters per shard %d = %d replicated + %d/%d sharded%n",
+        System.out.printf("tp %d: loss %.12f on every shard (whole model %.12f); parameters per shard %d = %d replicated + %d/%d sharded%n",
                 t, results.getFirst().loss(), loss, results.getFirst().params(), replicated, sharded, t);
     }
 
