@@ -72,7 +72,8 @@ final class TensorParallelRun {
         return shard;
     }
 
-    private static void refuseUnsupported(RunConfig cfg, CausalLm model) {
+    /** A one-line TrainingException for the first setting tensor parallelism does not support. */
+    static void refuseUnsupported(RunConfig cfg, CausalLm model) {
         String why = null;
         var tc = cfg.train();
         if (!(model instanceof Gpt)) why = "model.arch " + cfg.model().arch() + ": tensor parallelism is built for the GPT only";

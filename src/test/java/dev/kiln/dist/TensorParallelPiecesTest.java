@@ -240,6 +240,13 @@ class TensorParallelPiecesTest {
                 t, results.getFirst().loss(), loss, results.getFirst().params(), replicated, sharded, t);
     }
 
+    @Test
+    void headsMustDivideAmongTheShards() throws Exception {
+        Gpt full = new Gpt(TINY, 7, DType.F32); // 4 heads
+        var messages = ThreadGroup.run(3, g -> assertThrows(IllegalArgumentException.class, () -> new Gpt(full, new TensorParallel(g))).getMessage());
+        assertTrue(messages.getFirst().contains("model.n_head 4 is not divisible by parallel.tp 3"), messages.getFirst());
+    }
+
     private static double maxAbs(float[] a) {
         double m = 0;
         for (float v : a) m = Math.max(m, Math.abs(v));
