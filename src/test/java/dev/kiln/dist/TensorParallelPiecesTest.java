@@ -150,12 +150,23 @@ class TensorParallelPiecesTest {
     }
 
     static final GptConfig TINY = new GptConfig(2, 4, 16, 8, 65, 0.0, true);
+    /** μP at width ratio 1/2: the q columns of c_attn carry 1/√d scales, cut with the heads; logits × 1/2. */
+    static final GptConfig TINY_MUP = new GptConfig(2, 4, 16, 8, 65, 0.0, true, "mup", 8);
 
     /** Per shard: loss, gradients by name, gathered logits, consolidated parameters, parameter count. */
     private record ShardResult(double loss, Map<String, float[]> grads, float[] logits, Map<String, float[]> whole, long params) {}
 
     @Test
     void shardedGptMatchesTheWholeModelAtTp2AndTp4() throws Exception {
+        shardedGptMatchesTheWholeModel(TINY);
+    }
+
+    @Test
+    void shardedMupGptMatchesTheWholeModel() throws Exception {
+        shardedGptMatchesTheWholeModel(TINY_MUP);
+    }
+
+    private static void shardedGptMatchesTheWholeModel(GptConfig config) throws Exception {
         int b = 2, tt = 8;
         Rng rng = new Rng(11);
         int[] idx = new int[b * tt], tgt = new int[b * tt];
@@ -165,7 +176,7 @@ class TensorParallelPiecesTest {
         }
         tgt[3] = 64; // the last real token: next to the padding rows
         try (var scope = MemoryScope.open()) {
-            Gpt full = new Gpt(TINY, 7, DType.F32);
+            Gpt full = new Gpt(config, 7, DType.F32);
             full.eval();
             Tensor loss = full.loss(Tensor.ofInts(idx, b, tt), Tensor.ofInts(tgt, b, tt));
             Tape.backward(loss);
