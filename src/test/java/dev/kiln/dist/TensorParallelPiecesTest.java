@@ -218,6 +218,7 @@ class TensorParallelPiecesTest {
 
     private static void checkShards(int t, Gpt full, double loss, Map<String, float[]> fullGrads, float[] fullLogits, List<ShardResult> results) {
         int c = TINY.n_embd(), rowsPerShard = (65 + t - 1) / t;
+        double worstAll = 0;
         for (int r = 0; r < t; r++) {
             ShardResult res = results.get(r);
             assertEquals(loss, res.loss(), 1e-6 * loss, "tp " + t + ": loss of shard " + r);
@@ -238,6 +239,7 @@ class TensorParallelPiecesTest {
                 worst = Math.max(worst, maxAbsDiff(want, got) / scale);
             }
             assertTrue(worst < 1e-4, "tp " + t + " shard " + r + ": worst relative gradient difference " + worst);
+            worstAll = Math.max(worstAll, worst);
             float[] wte = res.grads().get("transformer.wte.weight");
             for (int row = 0; row < rowsPerShard; row++)
                 if (r * rowsPerShard + row >= 65) for (int j = 0; j < c; j++) assertEquals(0f, wte[row * c + j], "padding row gradient");
@@ -247,8 +249,8 @@ class TensorParallelPiecesTest {
         long replicated = tokens * c + 2L * c + l * (4L * c + 2L * c);
         long sharded = (long) rowsPerShard * t * c + l * (12L * c * c + 7L * c);
         for (ShardResult res : results) assertEquals(replicated + sharded / t, res.params(), "tp " + t + ": parameters per shard");
-        System.out.printf("tp %d: loss %.12f on every shard (whole model %.12f); parameters per shard %d = %d replicated + %d/%d sharded%n",
-                t, results.getFirst().loss(), loss, results.getFirst().params(), replicated, sharded, t);
+        System.out.printf("tp %d: loss %.12f on every shard (whole model %.12f); worst gradient difference %.2e of the largest; parameters per shard %d = %d replicated + %d/%d sharded%n",
+                t, results.getFirst().loss(), loss, worstAll, results.getFirst().params(), replicated, sharded, t);
     }
 
     @Test
