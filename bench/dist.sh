@@ -3,6 +3,7 @@
 # to the collectives per step in every mode, checked against the analytic formula.
 #
 # Usage (from anywhere): bench/dist.sh [--steps 20] [--n-layer 4] [--n-embd 128] [--block-size 64] [--batch 12]
+#                                      [--modes ddp,zero1,zero2,zero3,tp2,dp2tp2]
 #
 # What it does:
 #   1. builds target/kiln.jar once (the ranks then run it with KILN_NO_BUILD=1, so they never build concurrently);
@@ -19,11 +20,21 @@
 #              all-reduce 16, where P_root = V·C + T·C + 2C (embeddings and final norm) stays gathered through backward
 #      and P = V·C + T·C + L·(12C² + 13C) + 2C. Ring algorithms put 2(N−1)/N of an all-reduce's bytes and (N−1)/N
 #      of a reduce-scatter's or all-gather's on the wire per rank ("wire" column).
+#      Tensor parallel over t ranks (tp2: np 2, t 2; dp2tp2: np 4, dp 2 × t 2, ZeRO 0), b = B/dp rows per data-parallel
+#      rank, all counted on the tp group (kiln prints them apart, as "tp"):
+#        tp    all-reduce 16·L·b·T·C    (per block: g after attn and mlp c_proj in forward, f before c_attn and c_fc
+#                                        in backward, each b·T·C floats)
+#                     + 8·b·T·C         (g of the vocab-parallel embedding, f before the tied head in backward)
+#                     + 24·b·T          (vocab-parallel cross-entropy: row max, then Σexp and target logit, fp64)
+#                     + 8               (the clipping norm of the sharded gradients)
+#      and dp2tp2 adds the data-parallel all-reduce of each shard's gradients, 4·P_t + 8, with the parameters per
+#      rank P_t = T·C + 2C + 6LC (replicated: wpe, LayerNorms, c_proj biases) + (V_t·C + L·(12C² + 7C))/t, where
+#      V_t is the vocabulary padded to a multiple of t.
 #   4. prints a table and writes bench/results/dist-<date>.json; exits 1 if any mode disagrees with the formula.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=20 L=4 C=128 T=64 B=12
+STEPS=20 L=4 C=128 T=64 B=12 MODES=ddp,zero1,zero2,zero3,tp2,dp2tp2
 while (( $# )); do
     case $1 in
         --steps) STEPS=$2; shift 2 ;;
@@ -31,6 +42,7 @@ while (( $# )); do
         --n-embd) C=$2; shift 2 ;;
         --block-size) T=$2; shift 2 ;;
         --batch) B=$2; shift 2 ;;
+        --modes) MODES=$2; shift 2 ;;
         *) echo "bench/dist.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -59,13 +71,20 @@ run() { # name steps np [extra --set …]
 run np1 "$STEPS" 1
 for mode in ddp:0 zero1:1 zero2:2 zero3:3; do
     name=${mode%%:*} stage=${mode##*:}
+    [[ ",$MODES," == *",$name,"* ]] || continue
     run "$name" "$STEPS" 2 --set parallel.zero_stage=$stage
     run "${name}_long" $((STEPS + 10)) 2 --set parallel.zero_stage=$stage
 done
+for mode in tp2:2 dp2tp2:4; do
+    name=${mode%%:*} np=${mode##*:}
+    [[ ",$MODES," == *",$name,"* ]] || continue
+    run "$name" "$STEPS" "$np" --set parallel.tp=2
+    run "${name}_long" $((STEPS + 10)) "$np" --set parallel.tp=2
+done
 
-"$PYTHON" - "$OUT" "$STEPS" "$L" "$C" "$T" "$B" <<'PY'
-import json, re, sys, datetime
-out, steps, L, C, T, B = sys.argv[1], *map(int, sys.argv[2:])
+"$PYTHON" - "$OUT" "$MODES" "$STEPS" "$L" "$C" "$T" "$B" <<'PY'
+import json, os, re, sys, datetime
+out, modes, (steps, L, C, T, B) = sys.argv[1], sys.argv[2].split(","), map(int, sys.argv[3:])
 def text(name): return open(f"{out}/{name}.out").read()
 def tok_s(name): return float(re.search(r"steps in \S+ \(([\d,]+) tok/s\)", text(name)).group(1).replace(",", ""))
 def comm(name): return json.loads(re.search(r"kiln: communication (\{.*\})", text(name)).group(1))
@@ -79,23 +98,39 @@ formula = {
     "zero2": {"reduce_scatter": 4*P, "all_gather": 4*P, "all_reduce": 16},
     "zero3": {"reduce_scatter": 4*P, "all_gather": 4*P + 4*(P - root), "all_reduce": 16},
 }
+def tp_bytes(t, b): return 16*L*b*T*C + 8*b*T*C + 24*b*T + 8
+def params_per_rank(t):
+    Vt = -(-V // t) * t
+    return T*C + 2*C + 6*L*C + (Vt*C + L*(12*C*C + 7*C)) // t
+tp_formula = {"tp2": {"all_reduce": tp_bytes(2, B)}, "dp2tp2": {"all_reduce": tp_bytes(2, B // 2)}}
+formula["tp2"] = {"all_reduce": tp_bytes(2, B)}
+formula["dp2tp2"] = {"all_reduce": tp_bytes(2, B // 2) + 4*params_per_rank(2) + 8}
+ranks = {"tp2": 2, "dp2tp2": 4}
 n = 2
 rows, ok = [], True
 base = tok_s("np1")
 print(f"GPT L{L} C{C} T{T} vocab {V}: P = {P:,} parameters ({4*P:,} B fp32); batch {B}, {steps} steps, 1 thread per rank")
 print(f"{'mode':6} {'np':>2} {'tok/s/rank':>10} {'measured B/step':>44} {'formula B/step':>16} {'ring wire B/step':>16}  agree")
 print(f"{'single':6} {1:>2} {base:>10,.0f}")
-for mode in formula:
+def per_step(a, b):
+    keys = [k for k in a if isinstance(a[k], int) and k not in ("ring_wire_bytes", "calls")]
+    return {k: (b[k] - a[k]) // 10 for k in keys if b[k] != a[k]}, all((b[k] - a[k]) % 10 == 0 for k in keys)
+for mode in [m for m in formula if m in modes]:
+    n = ranks.get(mode, 2)
     a, b = comm(mode), comm(mode + "_long")
-    per = {k: (b[k] - a[k]) // 10 for k in a if k not in ("ring_wire_bytes",) and b[k] != a[k]}
-    exact = all((b[k] - a[k]) % 10 == 0 for k in a)
+    per, exact = per_step(a, b)
     wire = (b["ring_wire_bytes"] - a["ring_wire_bytes"]) / 10
     agree = exact and per == formula[mode]
+    if mode in tp_formula:
+        tp_per, tp_exact = per_step(a["tp"], b["tp"])
+        agree = agree and tp_exact and tp_per == tp_formula[mode]
     ok &= agree
     meas = ", ".join(f"{k} {v:,}" for k, v in sorted(per.items()))
     print(f"{mode:6} {n:>2} {tok_s(mode)/n:>10,.0f} {meas:>44} {sum(formula[mode].values()):>16,} {wire:>16,.0f}  {'yes' if agree else 'NO: ' + str(formula[mode])}")
+    if mode in tp_formula: print(f"{'':6} {'':>2} {'':>10} {'of which tp group: ' + str(tp_per):>44} {sum(tp_formula[mode].values()):>16,}")
     rows.append({"mode": mode, "np": n, "tok_per_s_per_rank": tok_s(mode)/n, "bytes_per_step": per, "formula": formula[mode],
-                 "ring_wire_bytes_per_step": wire, "agree": agree})
+                 "ring_wire_bytes_per_step": wire, "agree": agree}
+                | ({"tp_bytes_per_step": tp_per, "tp_formula": tp_formula[mode]} if mode in tp_formula else {}))
 res = {"date": datetime.date.today().isoformat(), "model": {"n_layer": L, "n_embd": C, "block_size": T, "vocab": V, "params": P},
        "batch": B, "steps": steps, "single_tok_per_s": base, "modes": rows}
 path = f"bench/results/dist-{res['date']}.json"

@@ -38,18 +38,30 @@ final class ParallelRun {
         return out;
     }
 
+    private static ParallelLayout layout;
+
+    /** The job's dp × tp × pp layout for {@code cfg}: split once per process and sizes (the splits are collective). */
+    static ParallelLayout layout(RunConfig cfg) {
+        ParallelConfig pc = cfg.parallel();
+        ProcessGroup world = ProcessGroup.world();
+        int dp = pc.dp() == 0 ? world.size() / Math.max(1, pc.tp() * pc.pp()) : pc.dp();
+        if (layout != null && layout.tpSize() == pc.tp() && layout.ppSize() == pc.pp() && layout.dpSize() == dp) return layout;
+        try {
+            layout = ParallelLayout.of(world, pc.dp(), pc.tp(), pc.pp());
+        } catch (DistException e) {
+            throw new TrainingException(e.getMessage());
+        }
+        return layout;
+    }
+
     static DataParallel start(RunConfig cfg, CausalLm model, PrintStream out) {
         DataParallel.uninstall();
         if (!ProcessGroup.launchedByMpirun()) return null;
         ParallelConfig pc = cfg.parallel();
         MpiProcessGroup.setTimeoutSeconds(pc.timeout_s());
-        ParallelLayout layout;
-        try {
-            layout = ParallelLayout.of(ProcessGroup.world(), pc.dp(), pc.tp(), pc.pp());
-        } catch (DistException e) {
-            throw new TrainingException(e.getMessage());
-        }
-        if (layout.tpSize() > 1) throw new TrainingException("parallel.tp > 1: tensor parallelism is not built yet");
+        ParallelLayout layout = layout(cfg);
+        if (layout.tpSize() > 1 && !TensorParallelRun.active()) // the Trainer shards the model first (TensorParallelRun.shard)
+            throw new TrainingException("parallel.tp > 1: the model was not sharded for tensor parallelism");
         if (layout.ppSize() > 1) throw new TrainingException("parallel.pp > 1: pipeline parallelism is not built yet");
         ProcessGroup world = layout.dp();
         int n = world.size();
@@ -82,13 +94,23 @@ final class ParallelRun {
      */
     static void reportCommunication(PrintStream out) {
         DataParallel dp = DataParallel.active();
-        if (dp == null) return;
-        var st = dp.group().stats();
+        var tp = dev.kiln.dist.TensorParallel.active();
+        if (dp == null && tp == null) return;
+        var st = (dp != null ? dp.group() : tp.group()).stats(); // every group's calls: one count per process
         var k = dev.kiln.dist.CommStats.Kind.class;
         StringBuilder sb = new StringBuilder("kiln: communication {");
         for (var kind : k.getEnumConstants())
             sb.append('"').append(kind.name().toLowerCase()).append("\": ").append(st.bytes(kind)).append(", ");
-        sb.append("\"ring_wire_bytes\": ").append(Math.round(st.wireBytes(dp.group().size()))).append('}');
+        double wire = st.wireBytes(dp == null ? 1 : dp.group().size());
+        if (tp != null) { // the tensor-parallel share on its own, and on the wire over its own group's size
+            var ts = tp.stats();
+            wire += ts.wireBytes(tp.size()) - ts.wireBytes(dp == null ? 1 : dp.group().size());
+            sb.append("\"tp\": {");
+            for (var kind : k.getEnumConstants())
+                if (ts.calls(kind) > 0) sb.append('"').append(kind.name().toLowerCase()).append("\": ").append(ts.bytes(kind)).append(", ");
+            sb.append("\"calls\": ").append(java.util.Arrays.stream(k.getEnumConstants()).mapToLong(ts::calls).sum()).append("}, ");
+        }
+        sb.append("\"ring_wire_bytes\": ").append(Math.round(wire)).append('}');
         out.println(sb);
     }
 }

@@ -128,7 +128,7 @@ public final class Trainer {
             store.removeUnfinished();
         }
 
-        CausalLm model = RunSetup.buildModel(resolved);
+        CausalLm model = TensorParallelRun.shard(cfg, RunSetup.buildModel(resolved), out); // parallel.tp > 1: this rank's shard
         ParallelRun.start(cfg, model, out); // data parallelism under mpirun (DataParallel.active()); nothing in a single process
         if (!cfg.lora().init_from().isEmpty() && !(resume && !store.list().isEmpty())) RunSetup.loadBase(model, cfg.lora().init_from(), out);
         Offload offload = Offload.open(resolved.train(), runDir, model); // closed with the shards below
@@ -216,7 +216,8 @@ public final class Trainer {
                                                         LayerDrop layerDrop) {
         DataParallel dp = DataParallel.active();
         if (dp != null) dp.gatherAllParameters(); // ZeRO-3: the checkpoint is loaded into whole parameters
-        CheckpointStore.TrainerState st = CheckpointStore.load(checkpoint, model, opt, averages);
+        CheckpointStore.TrainerState st = TensorParallelRun.active() ? TensorParallelRun.load(checkpoint, model, opt)
+                : CheckpointStore.load(checkpoint, model, opt, averages);
         sampler.restore(st.samplerState());
         long[] counts = st.memberTokens();
         int members = sampler.memberTokens().length;
@@ -406,7 +407,8 @@ public final class Trainer {
                                 model.dropoutRng().state(), opt.stepCount(), lrScale, rollbacks, tokensSeen, spent, bestVal, staleEvals,
                                 model.depth(), layerDrop == null ? 0 : layerDrop.rngState(),
                                 cfg.data().mixture().isBlank() ? new long[0] : sampler.memberTokens());
-                        lastCheckpoint = dp == null ? store.save(model, opt, averages, state, configJson, tc.keep_checkpoints())
+                        lastCheckpoint = TensorParallelRun.active() ? TensorParallelRun.save(store, model, opt, state, configJson, tc.keep_checkpoints())
+                                : dp == null ? store.save(model, opt, averages, state, configJson, tc.keep_checkpoints())
                                 : dp.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done));
                     } catch (TrainingException e) {
                         if (!faults.continue_on_checkpoint_error() || stop != null) throw e;

@@ -39,15 +39,32 @@ public final class DistTrainMain {
         var m = r.memory();
         String memory = "MEMORY " + rank + " " + m.parameterBytes() + " " + m.gradientBytes() + " " + m.optimizerStateBytes();
         System.out.println(memory);
+        // tensor parallel: a checksum of the replicated parameters, which must stay bit-identical on every shard
+        TensorParallel tp = TensorParallel.active();
+        String replicated = tp == null ? "" : "REPLICATED " + rank + " " + tp.rank() + " " + replicatedChecksum(tp) + "\n";
         // the ranks share mpirun's stdout, where lines can interleave mid-line: the test reads these files instead
         try {
-            java.nio.file.Files.writeString(r.runDir().resolve("result-rank" + rank + ".txt"), sb + "\n" + memory + "\n");
+            java.nio.file.Files.writeString(r.runDir().resolve("result-rank" + rank + ".txt"), sb + "\n" + memory + "\n" + replicated);
         } catch (java.io.IOException e) {
             throw new java.io.UncheckedIOException(e);
         }
         DataParallel dp = DataParallel.active();
         if (dp != null) System.out.println("COMM " + rank + " " + dp.group().stats());
+        if (tp != null) System.out.println("TP COMM " + rank + " " + tp.stats());
         System.out.flush();
         MpiProcessGroup.finish();
+    }
+
+    /** CRC-32 of the raw bits of every parameter that is not a tensor-parallel shard, in model order. */
+    private static long replicatedChecksum(TensorParallel tp) {
+        var crc = new java.util.zip.CRC32();
+        for (var p : tp.model().parameters()) {
+            if (tp.isSharded(p)) continue;
+            for (float v : p.toFloatArray()) {
+                int bits = Float.floatToRawIntBits(v);
+                crc.update(new byte[]{(byte) bits, (byte) (bits >> 8), (byte) (bits >> 16), (byte) (bits >> 24)});
+            }
+        }
+        return crc.getValue();
     }
 }

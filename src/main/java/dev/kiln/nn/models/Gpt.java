@@ -60,6 +60,11 @@ public final class Gpt extends CausalLm {
     private long blocksRun, blocksSkipped;
     private Recompute recompute = Recompute.NONE;
     private UnitHook unitHook;
+    /** Tensor parallelism: null for the whole model; else this shard's collectives ({@link #Gpt(Gpt, TensorParallelism)}). */
+    private final TensorParallelism tp;
+    /** Under tensor parallelism: the first vocabulary row this shard holds, and how each sharded parameter is cut. */
+    private final int vocabStart;
+    private final Map<String, TensorParallelism.Split> splits = new java.util.LinkedHashMap<>();
 
     /**
      * Called around the model's units in every forward: unit −1 (the embeddings, final norm and tied head) is entered
@@ -113,6 +118,63 @@ public final class Gpt extends CausalLm {
             blocks.add(h.registerModuleIn(Integer.toString(i), new Block(config, rng, init, dtype, dropoutRng)));
         lnF = transformer.registerModuleIn("ln_f", new LayerNorm(c, config.bias(), dtype));
         this.dropoutRng = dropoutRng;
+        this.tp = null;
+        this.vocabStart = 0;
+    }
+
+    /**
+     * Shard {@code tp.rank()} of {@code full} under Megatron-style tensor parallelism over {@code tp.size()} shards, so it
+     * starts from exactly the single-process initialisation: each block's c_attn keeps the q, k and v rows of its
+     * n_head/size heads and c_fc its rows (column-parallel), both c_proj the matching input columns (row-parallel, bias
+     * kept whole and added once after the all-reduce); wte keeps its rows of the vocabulary padded with zero rows to a
+     * multiple of the shards (vocabulary-parallel embedding and tied head). LayerNorms, wpe and the c_proj biases are
+     * replicated. {@code full} is left as it was (the caller frees it).
+     */
+    public Gpt(Gpt full, TensorParallelism tp) {
+        this.config = full.config;
+        this.init = full.init;
+        this.dtype = full.dtype;
+        this.tp = tp;
+        int t = tp.size(), r = tp.rank(), c = config.n_embd();
+        if (config.n_head() % t != 0)
+            throw new IllegalArgumentException("model.n_head " + config.n_head() + " is not divisible by parallel.tp " + t + " (each shard takes whole heads)");
+        if (full.tp != null || full.blocks.size() != config.n_layer())
+            throw new IllegalArgumentException("tensor parallelism shards a whole, ungrown GPT");
+        int rowsPerShard = (config.vocab_size() + t - 1) / t;
+        this.vocabStart = r * rowsPerShard;
+        Module transformer = registerModule("transformer", new Container());
+        wte = transformer.registerModuleIn("wte", new Embedding(shard("transformer.wte.weight", full.wte.weight, new TensorParallelism.Split(1, rowsPerShard * c, rowsPerShard, c))));
+        wpe = transformer.registerModuleIn("wpe", new Embedding(full.wpe.weight));
+        drop = transformer.registerModuleIn("drop", new Dropout(config.dropout(), full.dropoutRng));
+        h = transformer.registerModuleIn("h", new Container());
+        for (int i = 0; i < full.blocks.size(); i++) {
+            String prefix = "transformer.h." + i + ".";
+            blocks.add(h.registerModuleIn(Integer.toString(i), new Block(full.blocks.get(i), config, tp, (name, p, split) -> shard(prefix + name, p, split))));
+        }
+        lnF = transformer.registerModuleIn("ln_f", new LayerNorm(c, config.bias(), dtype));
+        lnF.weight.copyFrom(full.lnF.weight);
+        if (lnF.bias != null) lnF.bias.copyFrom(full.lnF.bias);
+        this.dropoutRng = full.dropoutRng;
+    }
+
+    private Tensor shard(String name, Tensor full, TensorParallelism.Split split) {
+        splits.put(name, split);
+        return split.slice(full, tp.rank(), tp.size());
+    }
+
+    /** Cuts a block's full tensor for this shard, recording the cut under the parameter's name. */
+    private interface Sharder {
+        Tensor shard(String name, Tensor full, TensorParallelism.Split split);
+    }
+
+    /** Null for the whole model, else the tensor parallelism this shard runs under. */
+    public TensorParallelism tensorParallelism() {
+        return tp;
+    }
+
+    /** Under tensor parallelism, the sharded parameters by name and how each is cut (the others are replicated); else empty. */
+    public Map<String, TensorParallelism.Split> tensorParallelSplits() {
+        return java.util.Collections.unmodifiableMap(splits);
     }
 
     /** The generator behind every dropout mask (its state is part of a checkpoint). */
@@ -144,16 +206,19 @@ public final class Gpt extends CausalLm {
     /** HF GPT-2 layout: see {@link GptHfFormat}. */
     @Override
     public Map<String, Tensor> hfStateDict() {
+        requireWhole("a Hugging Face state dict (checkpoints consolidate the shards first)");
         return GptHfFormat.export(this);
     }
 
     @Override
     public void loadHfStateDict(Map<String, Tensor> hf, String source) {
+        requireWhole("loading " + source + " (load the whole model, then shard it)");
         GptHfFormat.load(this, hf, source);
     }
 
     @Override
     public void loadHfBase(Map<String, Tensor> hf, String source) {
+        requireWhole("loading " + source);
         GptHfFormat.loadBase(this, hf, source);
     }
 
@@ -189,9 +254,21 @@ public final class Gpt extends CausalLm {
         this.hooks = hooks;
     }
 
-    /** idx int32 (B, T) → logits (B, T, vocab). */
+    /** idx int32 (B, T) → logits (B, T, vocab); under tensor parallelism gathered from the shards, without gradient. */
     @Override
     public Tensor forward(Tensor idx) {
+        return tp == null ? shardLogits(idx) : tp.gatherVocab(shardLogits(idx), config.vocab_size());
+    }
+
+    /** Under tensor parallelism the vocabulary-parallel cross-entropy of this shard's logits; else the plain one. */
+    @Override
+    public Tensor loss(Tensor idx, Tensor targets, double labelSmoothing, double zLoss) {
+        if (tp == null) return super.loss(idx, targets, labelSmoothing, zLoss);
+        return tp.vocabParallelCrossEntropy(shardLogits(idx), targets, vocabStart, config.vocab_size(), labelSmoothing, zLoss);
+    }
+
+    /** The logits of this shard's vocabulary rows (all of them without tensor parallelism). */
+    private Tensor shardLogits(Tensor idx) {
         int t = idx.size(1);
         if (t > config.block_size())
             throw new IllegalArgumentException("sequence length " + t + " exceeds block_size " + config.block_size());
@@ -199,7 +276,8 @@ public final class Gpt extends CausalLm {
         for (int i = 0; i < t; i++) pos[i] = i;
         UnitHook hook = unitHook;
         if (hook != null) hook.enter(-1);
-        Tensor x = Arith.add(wte.forward(idx), wpe.forward(Tensor.ofInts(pos, t)));
+        Tensor tokens = tp == null ? wte.forward(idx) : tp.vocabParallelEmbedding(idx, wte.weight, vocabStart);
+        Tensor x = Arith.add(tokens, wpe.forward(Tensor.ofInts(pos, t)));
         x = drop.forward(x);
         boolean planned = keep != null && isTraining(); // layer drop: training only, never in eval
         for (int i = 0; i < blocks.size(); i++) {
@@ -221,7 +299,7 @@ public final class Gpt extends CausalLm {
         x = lnF.forward(x);
         double r = config.mupRatio();
         if (r != 1.0) x = Arith.mul(x, r); // μP output multiplier (on the C-wide input of the head: cheaper than on V logits)
-        Tensor logits = Linalg.linear(x, wte.weight, null);
+        Tensor logits = Linalg.linear(tp == null ? x : tp.copyToShards(x), wte.weight, null); // vocab-parallel head: f before it
         if (hook != null) hook.exit(-1);
         return logits;
     }
@@ -239,6 +317,7 @@ public final class Gpt extends CausalLm {
      */
     @Override
     public void grow(int toLayers, String method, long seed) {
+        requireWhole("growth");
         int from = blocks.size();
         if (toLayers <= from) throw new IllegalArgumentException("cannot grow " + from + " blocks to " + toLayers);
         boolean copy = switch (method) {
@@ -278,6 +357,7 @@ public final class Gpt extends CausalLm {
      */
     @Override
     public void setLayerPlan(boolean[] keep, double[] keepProb) {
+        if (keep != null) requireWhole("layer drop");
         if (keep != null && (keep.length != blocks.size() || keepProb == null || keepProb.length != blocks.size()))
             throw new IllegalArgumentException("layer plan for " + (keep.length) + " blocks, model has " + blocks.size());
         this.keep = keep;
@@ -287,12 +367,17 @@ public final class Gpt extends CausalLm {
     /** Which activations training forwards recompute in backward instead of keeping ({@code train.recompute}). */
     @Override
     public void setRecompute(Recompute mode) {
+        if (mode != Recompute.NONE) requireWhole("train.recompute");
         this.recompute = mode;
     }
 
     @Override
     public Recompute recompute() {
         return recompute;
+    }
+
+    private void requireWhole(String what) {
+        if (tp != null) throw new dev.kiln.KilnException(what + " is not supported on a tensor-parallel shard of the GPT (parallel.tp " + tp.size() + ")");
     }
 
     /** Block forwards run so far (every forward, training and eval). */
@@ -310,8 +395,9 @@ public final class Gpt extends CausalLm {
         final LayerNorm ln1, ln2;
         final Linear cAttn, attnProj, cFc, mlpProj;
         final Dropout residDrop1, residDrop2;
-        final int nHead;
+        final int nHead; // this shard's heads under tensor parallelism
         private final Rng dropoutRng;
+        private final TensorParallelism tp; // null: the whole block
         /** μP only: (3C) column scales 1/√d on q, 1 on k and v, making the kernel's q·k/√d a q·k/d. */
         private final Tensor qkvScale;
 
@@ -331,6 +417,52 @@ public final class Gpt extends CausalLm {
             residDrop2 = mlp.registerModuleIn("dropout", new Dropout(cfg.dropout(), dropoutRng));
             qkvScale = cfg.mup() ? qkvScale(c, cfg.headSize(), dtype) : null;
             this.dropoutRng = dropoutRng;
+            this.tp = null;
+        }
+
+        /** This shard of {@code full} (see {@link Gpt#Gpt(Gpt, TensorParallelism)}); {@code sharder} cuts and records each sharded tensor. */
+        private Block(Block full, GptConfig cfg, TensorParallelism tp, Sharder sharder) {
+            int t = tp.size(), c = cfg.n_embd(), cs = c / t, fs = 4 * c / t;
+            boolean bias = cfg.bias();
+            nHead = full.nHead / t;
+            ln1 = registerModule("ln_1", copyOf(full.ln1, c, bias));
+            Module attn = registerModule("attn", new Container());
+            cAttn = attn.registerModuleIn("c_attn", new Linear( // column-parallel: the q, k and v rows of this shard's heads
+                    sharder.shard("attn.c_attn.weight", full.cAttn.weight, new TensorParallelism.Split(3, cs * c, 3 * cs, c)),
+                    bias ? sharder.shard("attn.c_attn.bias", full.cAttn.bias, new TensorParallelism.Split(3, cs, 3 * cs)) : null));
+            attnProj = attn.registerModuleIn("c_proj", new Linear( // row-parallel: the input columns of those heads
+                    sharder.shard("attn.c_proj.weight", full.attnProj.weight, new TensorParallelism.Split(c, cs, c, cs)), bias ? full.attnProj.bias : null));
+            ln2 = registerModule("ln_2", copyOf(full.ln2, c, bias));
+            Module mlp = registerModule("mlp", new Container());
+            cFc = mlp.registerModuleIn("c_fc", new Linear(
+                    sharder.shard("mlp.c_fc.weight", full.cFc.weight, new TensorParallelism.Split(1, fs * c, fs, c)),
+                    bias ? sharder.shard("mlp.c_fc.bias", full.cFc.bias, new TensorParallelism.Split(1, fs, fs)) : null));
+            mlpProj = mlp.registerModuleIn("c_proj", new Linear(
+                    sharder.shard("mlp.c_proj.weight", full.mlpProj.weight, new TensorParallelism.Split(c, fs, c, fs)), bias ? full.mlpProj.bias : null));
+            residDrop1 = attn.registerModuleIn("resid_dropout", new Dropout(cfg.dropout(), full.dropoutRng));
+            residDrop2 = mlp.registerModuleIn("dropout", new Dropout(cfg.dropout(), full.dropoutRng));
+            qkvScale = full.qkvScale == null ? null : qkvScale(cs, cfg.headSize(), full.qkvScale.dtype());
+            this.dropoutRng = full.dropoutRng;
+            this.tp = tp;
+        }
+
+        private static LayerNorm copyOf(LayerNorm src, int c, boolean bias) {
+            LayerNorm ln = new LayerNorm(c, bias, src.weight.dtype());
+            ln.weight.copyFrom(src.weight);
+            if (bias) ln.bias.copyFrom(src.bias);
+            return ln;
+        }
+
+        /** Under tensor parallelism f: the input of a column-parallel linear (its gradient is summed over the shards). */
+        private Tensor toShards(Tensor x) {
+            return tp == null ? x : tp.copyToShards(x);
+        }
+
+        /** {@code proj(x)}; under tensor parallelism row-parallel: the partial products summed over the shards (g), then the bias once. */
+        private Tensor rowParallel(Linear proj, Tensor x) {
+            if (tp == null) return proj.forward(x);
+            Tensor y = tp.reduceFromShards(Linalg.linear(x, proj.weight, null));
+            return proj.bias == null ? y : Arith.add(y, proj.bias);
         }
 
         private static Tensor qkvScale(int c, int d, DType dtype) {
@@ -354,23 +486,23 @@ public final class Gpt extends CausalLm {
             Tensor a = residDrop1.forward(attention(ln1.forward(x), selective));
             if (branchScale != 1.0) a = Arith.mul(a, branchScale);
             x = Arith.add(x, a);
-            Tensor h = cFc.forward(ln2.forward(x));
+            Tensor h = cFc.forward(toShards(ln2.forward(x)));
             // mlpProj may carry a LoRA adapter whose dropout draws from the model's generator: replayed on recompute
             Tensor m = residDrop2.forward(selective
                     ? Checkpoint.apply(in -> mlpProj.forward(Activations.gelu(in)), h, dropoutRng, mlpProj.parameters())
-                    : mlpProj.forward(Activations.gelu(h)));
+                    : rowParallel(mlpProj, Activations.gelu(h)));
             if (branchScale != 1.0) m = Arith.mul(m, branchScale);
             return Arith.add(x, m);
         }
 
         /** q, k, v = c_attn(x) split in heads; causal softmax(q·kᵀ/√D)·v (q·kᵀ/D under μP); heads merged; c_proj. */
         private Tensor attention(Tensor x, boolean recomputeCore) {
-            Tensor qkv = cAttn.forward(x);
+            Tensor qkv = cAttn.forward(toShards(x));
             if (qkvScale != null) qkv = Arith.mul(qkv, qkvScale);
             Tensor heads = recomputeCore
                     ? Checkpoint.apply(in -> Attention.causalSelfAttentionPacked(in, nHead), qkv, null, List.of())
                     : Attention.causalSelfAttentionPacked(qkv, nHead);
-            return attnProj.forward(heads);
+            return rowParallel(attnProj, heads);
         }
 
         private void copyFrom(Block src) {
