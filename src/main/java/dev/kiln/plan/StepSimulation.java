@@ -17,7 +17,8 @@ import static dev.kiln.tensor.MemoryCategory.TEMPORARIES;
  * order Kiln's CPU code makes them (Gpt.forward, the ops' saved tensors, Tape.backward's interior gradient buffers
  * released node by node, {@link dev.kiln.autograd.Checkpoint}'s recompute scopes), charged to the categories the
  * {@link dev.kiln.tensor.MemoryTracker} uses. Steady state: parameters, their gradients and the optimizer state
- * are live throughout. Not modelled: μP's extra multiplies, LoRA adapters, fake quantisation, layer drop (the plan
+ * are live throughout, except offloaded blocks' parameters and optimizer state, paged in and out on
+ * {@link dev.kiln.train.Offload}'s schedule (forward, backward, and the block-by-block update). Not modelled: μP's extra multiplies, LoRA adapters, fake quantisation, layer drop (the plan
  * is for the full model), the size-class cache of the allocator (reported separately as reserved).
  */
 final class StepSimulation {
@@ -26,11 +27,14 @@ final class StepSimulation {
     private final List<Timeline.Block> stepScope = new ArrayList<>();
     private List<Timeline.Block> scope = stepScope;
     private final long n, nc; // tokens of a micro-batch; its activations' width-C tensor size (elements)
+    private final Paging params, state; // offloaded blocks' parameters / optimizer state, or null
 
     private StepSimulation(PlanShape s) {
         this.s = s;
         this.n = (long) s.microBatch() * s.seqLen();
         this.nc = n * s.nEmbd();
+        this.params = s.offloadParams() ? new Paging(blockParameterBytes(s), PARAMETERS) : null;
+        this.state = s.offloadOptimizer() ? new Paging(blockStateBytes(s), OPTIMIZER_STATE) : null;
     }
 
     /** Peak bytes per category and of the total for one optimizer step of {@code shape}. */
@@ -38,6 +42,7 @@ final class StepSimulation {
         StepSimulation sim = new StepSimulation(shape);
         sim.persistent();
         for (int i = 0; i < shape.accumSteps(); i++) sim.microStep();
+        sim.offloadedUpdate();
         long[] peaks = new long[MemoryCategory.values().length];
         for (MemoryCategory c : MemoryCategory.values()) peaks[c.ordinal()] = sim.tl.peak(c);
         return new Prediction(peaks, sim.tl.peakTotal());
@@ -54,14 +59,78 @@ final class StepSimulation {
         return tl.f32(elements);
     }
 
+    /**
+     * Parameters, gradients, optimizer state and (mixed precision) the fp32 master copies, live throughout; offloaded
+     * blocks' parameters or optimizer state start paged out ({@link Paging}).
+     */
     private void persistent() {
         tl.attribute(PARAMETERS);
-        for (long p : s.parameterTensors()) tl.f32(p);
+        for (long[] p : s.restParameterShapes()) tl.f32(PlanShape.elements(p));
+        if (!s.offloadParams()) for (int l = 0; l < s.nLayer(); l++) for (long[] p : s.blockParameterShapes()) tl.f32(PlanShape.elements(p));
         tl.attribute(GRADIENTS);
         for (long p : s.parameterTensors()) tl.f32(p);
         tl.attribute(OPTIMIZER_STATE);
-        for (long p : s.optimizerStateTensors()) tl.f32(p);
+        for (long[] p : s.restParameterShapes()) for (long bytes : s.stateBytes(p)) tl.alloc(bytes);
+        if (!s.offloadOptimizer()) for (int l = 0; l < s.nLayer(); l++) for (long[] p : s.blockParameterShapes()) for (long bytes : s.stateBytes(p)) tl.alloc(bytes);
+        if (s.mixedPrecision()) for (long p : s.parameterTensors()) tl.f32(p); // MixedPrecisionOptimizer's fp32 masters
         tl.attribute(TEMPORARIES);
+    }
+
+    /**
+     * BlockOffloader's residency: a block's tensors are allocated (in their category) when it is prefetched or acquired
+     * and freed when it is released. The simulation charges a prefetch at once, where the offload thread pages it in
+     * shortly after: the prediction is the schedule's bound, which the measured peak meets when the copies keep up.
+     */
+    private final class Paging {
+        private final List<List<Timeline.Block>> resident = new ArrayList<>();
+        private final List<Long> bytes;
+        private final MemoryCategory category;
+
+        Paging(List<Long> bytes, MemoryCategory category) {
+            this.bytes = bytes;
+            this.category = category;
+            for (int l = 0; l < s.nLayer(); l++) resident.add(null);
+        }
+
+        void prefetch(int g) {
+            if (g < 0 || g >= s.nLayer() || resident.get(g) != null) return;
+            List<Timeline.Block> blocks = new ArrayList<>();
+            for (long b : bytes) blocks.add(tl.alloc(b, category));
+            resident.set(g, blocks);
+        }
+
+        /** acquire(g) then prefetchAhead(g, step), as the offload schedule calls them. */
+        void acquire(int g, int step) {
+            prefetch(g);
+            for (int k = 1; k <= s.prefetchDepth(); k++) prefetch(g + k * step);
+        }
+
+        void release(int g) {
+            List<Timeline.Block> blocks = resident.set(g, null);
+            if (blocks != null) for (Timeline.Block b : blocks) tl.free(b);
+        }
+    }
+
+    private static List<Long> blockParameterBytes(PlanShape s) {
+        List<Long> out = new ArrayList<>();
+        for (long[] p : s.blockParameterShapes()) out.add(4 * PlanShape.elements(p));
+        return out;
+    }
+
+    private static List<Long> blockStateBytes(PlanShape s) {
+        List<Long> out = new ArrayList<>();
+        for (long[] p : s.blockParameterShapes()) out.addAll(s.stateBytes(p));
+        return out;
+    }
+
+    /** OffloadedOptimizer's step: block by block, parameters and state paged in (prefetched ahead) and out again. */
+    private void offloadedUpdate() {
+        for (int l = 0; l < s.nLayer(); l++) {
+            if (params != null) params.acquire(l, 1);
+            if (state != null) state.acquire(l, 1);
+            if (params != null) params.release(l);
+            if (state != null) state.release(l);
+        }
     }
 
     private long probs() {
@@ -81,10 +150,15 @@ final class StepSimulation {
         f32(nc); // wte(idx), wpe(pos), their sum
         if (drop) dropoutForward();
         for (int l = 0; l < s.nLayer(); l++) {
+            if (params != null) params.acquire(l, 1);
             switch (s.recompute()) {
                 case NONE -> blockForward(false);
                 case SELECTIVE -> blockForward(true);
                 case FULL -> checkpointed(() -> blockForward(false));
+            }
+            if (params != null) {
+                params.release(l);
+                if (l == s.nLayer() - 1) params.acquire(l, -1); // prefetched again for backward
             }
         }
         layerNormForward();
@@ -95,8 +169,8 @@ final class StepSimulation {
         // backward: temporaries
         tl.attribute(TEMPORARIES);
         Timeline.Block g;
-        if (s.accumSteps() > 1) {
-            f32(1); // loss × 1/k
+        if (s.accumSteps() > 1 || s.precision().equals("fp16")) {
+            f32(1); // loss × 1/k (accumulation) or × the loss scale (fp16)
             f32(1); // backward's seed
             g = grad(1); // d(loss) from the scaling node; the seed itself stays until the step ends
         } else {
@@ -110,11 +184,13 @@ final class StepSimulation {
         Timeline.Block dx = grad(nc); // ln_f
         tl.free(dLnF);
         for (int l = s.nLayer() - 1; l >= 0; l--) {
+            if (params != null) params.acquire(l, -1);
             dx = switch (s.recompute()) {
                 case NONE -> blockBackward(dx, false, true, null);
                 case SELECTIVE -> blockBackward(dx, true, true, null);
                 case FULL -> checkpointBackward(dx, nc, () -> blockForward(false), (in, gIn) -> blockBackward(gIn, false, false, in));
             };
+            if (params != null) params.release(l);
         }
         if (drop) {
             f32(nc); // dropout backward's product, kept until the step ends
