@@ -7,7 +7,7 @@ import java.util.ArrayList;
 import java.util.List;
 
 /**
- * What the memory of a GPT training step depends on: the model's shape, the micro-batch, the techniques, and the
+ * What the memory of a GPT or Llama training step depends on: the model's shape, the micro-batch, the techniques, and the
  * sizes of the parameter and optimizer-state tensors (elements, one entry per tensor, as they are allocated).
  *
  * @param microBatch sequences per forward/backward (train.batch_size)
@@ -18,10 +18,12 @@ import java.util.List;
  * @param offloadParams    train.offload_params=disk: blocks' parameters resident only around their use
  * @param offloadOptimizer train.offload_optimizer=disk: blocks' optimizer state resident only in their update
  * @param prefetchDepth    train.prefetch_depth: blocks paged in ahead of the one in use
+ * @param llama            model.arch llama: RMSNorm, rotary positions, grouped-query attention with {@code nKvHead}
+ *                         K/V heads, a SwiGLU MLP of width {@code intermediate}, untied head, no biases
  */
 public record PlanShape(int nLayer, int nHead, int nEmbd, int seqLen, int vocab, int microBatch, int accumSteps, boolean dropout,
                         boolean bias, Recompute recompute, String optimizer, double momentum, String precision, boolean offloadParams,
-                        boolean offloadOptimizer, int prefetchDepth) {
+                        boolean offloadOptimizer, int prefetchDepth, boolean llama, int nKvHead, int intermediate) {
 
     /** Every parameter tensor of the GPT, in elements (wte, wpe; per block ln_1, c_attn, c_proj, ln_2, c_fc, c_proj; ln_f). */
     public List<Long> parameterTensors() {
@@ -30,16 +32,16 @@ public record PlanShape(int nLayer, int nHead, int nEmbd, int seqLen, int vocab,
         return out;
     }
 
-    /** Every parameter tensor's shape, in {@link #parameterTensors()}'s order. */
+    /** Every parameter tensor's shape: those outside the blocks, then each block's. */
     List<long[]> parameterShapes() {
-        List<long[]> out = new ArrayList<>(restParameterShapes().subList(0, 2));
+        List<long[]> out = new ArrayList<>(restParameterShapes());
         for (int l = 0; l < nLayer; l++) out.addAll(blockParameterShapes());
-        out.addAll(restParameterShapes().subList(2, restParameterShapes().size()));
         return out;
     }
 
-    /** The parameters outside the transformer blocks (wte, wpe, ln_f): never offloaded. */
+    /** The parameters outside the transformer blocks (GPT: wte, wpe, ln_f; Llama: embed_tokens, norm, lm_head): never offloaded. */
     List<long[]> restParameterShapes() {
+        if (llama) return List.of(new long[]{vocab, nEmbd}, new long[]{nEmbd}, new long[]{vocab, nEmbd});
         List<long[]> out = new ArrayList<>(List.of(new long[]{vocab, nEmbd}, new long[]{seqLen, nEmbd}));
         layerNorm(out);
         return out;
@@ -48,6 +50,11 @@ public record PlanShape(int nLayer, int nHead, int nEmbd, int seqLen, int vocab,
     /** One transformer block's parameters: the unit of parameter and optimizer-state offload. */
     List<long[]> blockParameterShapes() {
         long c = nEmbd;
+        if (llama) { // q, k, v, o, gate, up, down, the two RMSNorm gains
+            long kv = kvWidth(), in = intermediate;
+            return List.of(new long[]{c, c}, new long[]{kv, c}, new long[]{kv, c}, new long[]{c, c}, new long[]{in, c}, new long[]{in, c},
+                    new long[]{c, in}, new long[]{c}, new long[]{c});
+        }
         List<long[]> out = new ArrayList<>();
         layerNorm(out);
         linear(out, 3 * c, c);
@@ -56,6 +63,11 @@ public record PlanShape(int nLayer, int nHead, int nEmbd, int seqLen, int vocab,
         linear(out, 4 * c, c);
         linear(out, c, 4 * c);
         return out;
+    }
+
+    /** Width of Llama's K and V projections: n_kv_head · head size. */
+    long kvWidth() {
+        return (long) nKvHead * (nEmbd / nHead);
     }
 
     static long elements(long[] shape) {
@@ -116,6 +128,7 @@ public record PlanShape(int nLayer, int nHead, int nEmbd, int seqLen, int vocab,
 
     /** Whether Kiln trains this combination today (config validation refuses the others as "not yet"). */
     public boolean implemented() {
+        if (llama && (recompute != Recompute.NONE || offloadParams || offloadOptimizer)) return false;
         return !(mixedPrecision() && (accumSteps > 1 || offloadParams));
     }
 
@@ -126,12 +139,12 @@ public record PlanShape(int nLayer, int nHead, int nEmbd, int seqLen, int vocab,
 
     public PlanShape with(Recompute r, int micro, int accum) {
         return new PlanShape(nLayer, nHead, nEmbd, seqLen, vocab, micro, accum, dropout, bias, r, optimizer, momentum, precision, offloadParams,
-                offloadOptimizer, prefetchDepth);
+                offloadOptimizer, prefetchDepth, llama, nKvHead, intermediate);
     }
 
     /** The same step with optimizer {@code opt} and parameters / optimizer state offloaded as given. */
     public PlanShape withState(String opt, boolean params, boolean optimizerState) {
         return new PlanShape(nLayer, nHead, nEmbd, seqLen, vocab, microBatch, accumSteps, dropout, bias, recompute, opt, momentum, precision, params,
-                optimizerState, prefetchDepth);
+                optimizerState, prefetchDepth, llama, nKvHead, intermediate);
     }
 }

@@ -74,6 +74,10 @@ final class StepSimulation {
         if (!s.offloadOptimizer()) for (int l = 0; l < s.nLayer(); l++) for (long[] p : s.blockParameterShapes()) for (long bytes : s.stateBytes(p)) tl.alloc(bytes);
         if (s.mixedPrecision()) for (long p : s.parameterTensors()) tl.f32(p); // MixedPrecisionOptimizer's fp32 masters
         tl.attribute(TEMPORARIES);
+        if (s.llama()) { // the rotary cos and sin tables (block_size × head size/2), made with the model outside any category
+            tl.f32((long) s.seqLen() * (s.nEmbd() / s.nHead() / 2));
+            tl.f32((long) s.seqLen() * (s.nEmbd() / s.nHead() / 2));
+        }
     }
 
     /**
@@ -138,6 +142,10 @@ final class StepSimulation {
     }
 
     private void microStep() {
+        if (s.llama()) {
+            llamaMicroStep();
+            return;
+        }
         int c = s.nEmbd(), t = s.seqLen();
         boolean drop = s.dropout();
         // forward, recorded: activations
@@ -342,5 +350,105 @@ final class StepSimulation {
         Timeline.Block d = grad(nc);
         tl.free(g);
         return d;
+    }
+
+    // ---------------------------------------------------------------- Llama
+
+    /**
+     * One Llama micro-batch (Llama.forward, then Tape.backward node by node in reverse): no recompute, offload or
+     * dropout, which Llama does not train with yet.
+     */
+    private void llamaMicroStep() {
+        tl.attribute(ACTIVATIONS);
+        f32(n);
+        f32(n); // idx, targets (int32)
+        f32(nc); // embed_tokens(idx)
+        for (int l = 0; l < s.nLayer(); l++) llamaLayerForward();
+        rmsNormForward(); // norm
+        f32(n * s.vocab()); // lm_head: logits
+        f32(n);
+        f32(n);
+        f32(1); // cross-entropy: per-row losses, log-sum-exp, the mean
+        tl.attribute(TEMPORARIES);
+        Timeline.Block g;
+        if (s.accumSteps() > 1 || s.precision().equals("fp16")) {
+            f32(1); // loss × 1/k or × the loss scale
+            f32(1); // backward's seed
+            g = grad(1);
+        } else {
+            f32(1);
+            g = null;
+        }
+        Timeline.Block dLogits = grad(n * s.vocab());
+        tl.free(g);
+        Timeline.Block dNorm = grad(nc); // lm_head's dx
+        tl.free(dLogits);
+        Timeline.Block dx = grad(nc); // norm's dx
+        tl.free(dNorm);
+        for (int l = s.nLayer() - 1; l >= 0; l--) dx = llamaLayerBackward(dx);
+        tl.free(dx); // embed_tokens accumulates into its weight's gradient
+        for (Timeline.Block b : stepScope) tl.free(b);
+        stepScope.clear();
+    }
+
+    private void rmsNormForward() {
+        f32(nc);
+        f32(n); // output, rstd
+    }
+
+    /** Llama.Layer.forward's saved tensors, in order. */
+    private void llamaLayerForward() {
+        long kv = n * s.kvWidth(), inter = n * s.intermediate();
+        rmsNormForward(); // input_layernorm
+        f32(nc);
+        f32(nc); // q_proj, its rotary output
+        f32(kv);
+        f32(kv); // k_proj, its rotary output
+        f32(kv); // v_proj
+        f32(3 * nc);
+        f32(nc);
+        f32(probs()); // attention: K/V heads repeated into a packed (B, T, 3C) copy, the output, the probabilities
+        f32(nc);
+        f32(nc); // o_proj, residual add
+        rmsNormForward(); // post_attention_layernorm
+        f32(inter);
+        f32(inter);
+        f32(inter); // gate_proj, up_proj, SwiGLU
+        f32(nc);
+        f32(nc); // down_proj, residual add
+    }
+
+    /** Backward of one Llama layer from dL/d(output) {@code g} (released); returns dL/d(input). */
+    private Timeline.Block llamaLayerBackward(Timeline.Block g) {
+        long kv = n * s.kvWidth(), inter = n * s.intermediate();
+        Timeline.Block dx2 = grad(nc), dDown = grad(nc); // residual add: both operands
+        tl.free(g);
+        Timeline.Block dSwiglu = grad(inter); // down_proj's dx
+        tl.free(dDown);
+        Timeline.Block dGate = grad(inter), dUp = grad(inter); // SwiGLU
+        tl.free(dSwiglu);
+        Timeline.Block dH2 = grad(nc); // up_proj's dx; gate_proj accumulates into it
+        tl.free(dUp);
+        tl.free(dGate);
+        tl.free(dH2); // post_attention_layernorm accumulates into dx2
+        Timeline.Block dx = grad(nc), dO = grad(nc); // residual add
+        tl.free(dx2);
+        Timeline.Block dA = grad(nc); // o_proj's dx
+        tl.free(dO);
+        Timeline.Block gqkv = tl.f32(3 * nc); // attention backward's packed gradient
+        attentionScratch();
+        Timeline.Block dQ = grad(nc), dK = grad(kv), dV = grad(kv);
+        tl.free(gqkv);
+        tl.free(dA);
+        Timeline.Block dH1 = grad(nc); // v_proj's dx; k_proj and q_proj accumulate into it
+        tl.free(dV);
+        Timeline.Block dK0 = grad(kv); // rotary backward of k
+        tl.free(dK);
+        tl.free(dK0);
+        Timeline.Block dQ0 = grad(nc); // rotary backward of q
+        tl.free(dQ);
+        tl.free(dQ0);
+        tl.free(dH1); // input_layernorm accumulates into dx
+        return dx;
     }
 }

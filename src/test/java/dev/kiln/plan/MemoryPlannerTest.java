@@ -1,7 +1,7 @@
 package dev.kiln.plan;
 
 import dev.kiln.data.Batch;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.Rng;
@@ -42,7 +42,7 @@ class MemoryPlannerTest {
      */
     static MemoryPeaks measure(RunConfig cfg) {
         MemoryPeaks peaks = MemoryPeaks.start();
-        Gpt model = (Gpt) RunSetup.buildModel(cfg);
+        CausalLm model = RunSetup.buildModel(cfg);
         try (Offload offload = Offload.open(cfg.train(), offloadDir.resolve("run" + System.nanoTime()), model)) {
             Optimizer opt = RunSetup.optimizer(cfg, model, offload);
             peaks.restart();
@@ -51,7 +51,7 @@ class MemoryPlannerTest {
         return peaks;
     }
 
-    private static void steps(RunConfig cfg, Gpt model, Optimizer opt) {
+    private static void steps(RunConfig cfg, CausalLm model, Optimizer opt) {
         model.train(true);
         Rng rng = new Rng(5);
         int b = cfg.train().batch_size(), t = cfg.model().block_size();
@@ -148,6 +148,21 @@ class MemoryPlannerTest {
         compare(with(OFFLOAD, "train.offload_params=disk", "train.offload_optimizer=disk"));
         compare(with(OFFLOAD, "train.offload_params=disk", "train.offload_optimizer=disk", "train.recompute=full", "train.prefetch_depth=0"));
         compare(with(OFFLOAD, "train.offload_params=disk", "train.batch_size=2", "train.grad_accum_steps=2"));
+    }
+
+    // Llama: grouped-query attention (4 heads, 2 K/V heads), SwiGLU of width 160; and one wide head (the general attention kernel)
+    private static final String[] LLAMA = {"model.arch=llama", "model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", "model.n_embd=64",
+            "model.intermediate_size=160", "model.block_size=64", "train.batch_size=4", "model.dropout=0.0", "model.bias=false"};
+    private static final String[] LLAMA_WIDE_HEAD = {"model.arch=llama", "model.n_layer=2", "model.n_head=1", "model.n_embd=128",
+            "model.block_size=128", "train.batch_size=2", "model.dropout=0.0", "model.bias=false"};
+
+    @Test
+    void llamaWithinTenPercent() {
+        compare(LLAMA);
+        compare(LLAMA_WIDE_HEAD);
+        compare(with(LLAMA, "train.batch_size=2", "train.grad_accum_steps=2", "optim.optimizer=adamw8bit"));
+        compare(with(LLAMA, "train.precision=fp16"));
+        compare(with(LLAMA_WIDE_HEAD, "train.precision=bf16"));
     }
 
     @Test
