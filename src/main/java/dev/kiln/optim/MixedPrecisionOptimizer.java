@@ -99,11 +99,19 @@ public final class MixedPrecisionOptimizer implements Optimizer {
     public boolean endBackward() {
         for (int i = 0; i < params.size(); i++) params.get(i).copyFrom(master.get(i));
         injectOverflow = false;
-        for (Parameter p : params) if (p.grad() != null) roundInPlace(p.grad(), half);
+        roundGradients();
         if (scaler == null) return false;
         boolean foundInf = scaler.unscale(params);
         if (foundInf) scaler.update(true);
         return foundInf;
+    }
+
+    /**
+     * Rounds the parameter gradients to fp16/bf16 in place: gradient accumulation calls it after each micro-batch, so
+     * the running sum is held as a half-precision gradient buffer would hold it ({@link #endBackward} rounds the last).
+     */
+    public void roundGradients() {
+        for (Parameter p : params) if (p.grad() != null) roundInPlace(p.grad(), half);
     }
 
     @Override

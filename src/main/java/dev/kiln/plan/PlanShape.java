@@ -129,7 +129,7 @@ public record PlanShape(int nLayer, int nHead, int nEmbd, int seqLen, int vocab,
     /** Whether Kiln trains this combination today (config validation refuses the others as "not yet"). */
     public boolean implemented() {
         if (llama && (recompute != Recompute.NONE || offloadParams || offloadOptimizer)) return false;
-        return !(mixedPrecision() && (accumSteps > 1 || offloadParams));
+        return !(mixedPrecision() && offloadParams);
     }
 
     /** Whether the CPU backend takes the small-head attention kernel (T·D ≤ 8192), which needs no T×T scratch. */
