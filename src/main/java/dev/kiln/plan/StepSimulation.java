@@ -13,13 +13,14 @@ import static dev.kiln.tensor.MemoryCategory.PARAMETERS;
 import static dev.kiln.tensor.MemoryCategory.TEMPORARIES;
 
 /**
- * The memory of one GPT training step, predicted from the shapes alone: a walk of the step's allocations in the
+ * The memory of one GPT or Llama training step, predicted from the shapes alone: a walk of the step's allocations in the
  * order Kiln's CPU code makes them (Gpt.forward, the ops' saved tensors, Tape.backward's interior gradient buffers
  * released node by node, {@link dev.kiln.autograd.Checkpoint}'s recompute scopes), charged to the categories the
  * {@link dev.kiln.tensor.MemoryTracker} uses. Steady state: parameters, their gradients and the optimizer state
  * are live throughout, except offloaded blocks' parameters and optimizer state, paged in and out on
- * {@link dev.kiln.train.Offload}'s schedule (forward, backward, and the block-by-block update). Not modelled: μP's extra multiplies, LoRA adapters, fake quantisation, layer drop (the plan
- * is for the full model), the size-class cache of the allocator (reported separately as reserved).
+ * {@link dev.kiln.train.Offload}'s schedule (forward, backward, and the block-by-block update). Llama has a walk of its
+ * own ({@link #llamaMicroStep}). Not modelled: μP's extra multiplies, LoRA adapters, fake quantisation, layer drop
+ * (the plan is for the full model), the size-class cache of the allocator (reported separately as reserved).
  */
 final class StepSimulation {
     private final PlanShape s;
