@@ -135,6 +135,7 @@ class MemoryPlannerTest {
         compare(with(SMALL, "train.precision=fp16"));
         compare(with(SMALL, "train.precision=bf16"));
         compare(with(WIDE_HEADS, "train.precision=fp16", "train.recompute=selective"));
+        compare(with(WIDE_HEADS, "train.precision=fp16"));
     }
 
     @Test
