@@ -65,9 +65,14 @@ final class PlanCommand implements Callable<Integer> {
             System.out.println(new ObjectMapper().writeValueAsString(toJson(shape, own, rows, device)));
             return 0;
         }
-        System.out.printf("kiln plan: GPT %d layers, %d heads, %d embd, block %d, vocab %d; %,d parameters; %s; batch %d × %d micro-batch(es)%s%n",
-                shape.nLayer(), shape.nHead(), shape.nEmbd(), shape.seqLen(), shape.vocab(), shape.parameterCount(), shape.optimizer(),
-                shape.microBatch(), shape.accumSteps(), shape.dropout() ? ", dropout on" : "");
+        String offloaded = shape.offloadParams() ? (shape.offloadOptimizer() ? "parameters + optimizer state" : "parameters")
+                : shape.offloadOptimizer() ? "optimizer state" : null;
+        System.out.printf("kiln plan: %s %d layers, %d heads%s, %d embd, block %d, vocab %d; %,d parameters; %s; %s; batch %d × %d micro-batch(es)%s%s%n",
+                shape.llama() ? "Llama" : "GPT", shape.nLayer(), shape.nHead(),
+                shape.llama() ? String.format(" (%d kv), intermediate %d", shape.nKvHead(), shape.intermediate()) : "", shape.nEmbd(),
+                shape.seqLen(), shape.vocab(), shape.parameterCount(), shape.optimizer(), shape.precision(), shape.microBatch(), shape.accumSteps(),
+                shape.dropout() ? ", dropout on" : "",
+                offloaded == null ? "" : String.format("; offload %s, prefetch depth %d", offloaded, shape.prefetchDepth()));
         System.out.printf("this config (recompute %s): predicted peak memory of a training step%n", shape.recompute().key());
         for (MemoryCategory c : MemoryCategory.values()) System.out.printf("  %-16s %12s%n", c.key(), size(own.peak(c)));
         System.out.printf("  %-16s %12s   %s %s%n", "total (peak)", size(own.peakTotal()), own.peakTotal() <= device ? "fits" : "does NOT fit", size(device));
@@ -88,7 +93,7 @@ final class PlanCommand implements Callable<Integer> {
                     size(r.peakTotal()), r.relativeCost(), all ? (r.fits(device) ? "yes" : "no") : "");
         System.out.printf("cost: time per step relative to this config without recompute or offload; recompute from FLOPs, offload adds host transfers at %s GB/s "
                 + "against %s TFLOP/s, not overlapped%n", fmt(linkGbps), fmt(tflops));
-        System.out.println("* planned: an estimate for a technique Kiln does not implement yet");
+        System.out.println("* not trained yet: kiln train refuses this combination (an estimate of what it would take)");
         System.out.println("select a row with --set for each of its settings, e.g. " + shown.getFirst().settings());
         return 0;
     }

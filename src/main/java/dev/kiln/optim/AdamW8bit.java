@@ -1,6 +1,7 @@
 package dev.kiln.optim;
 
 import dev.kiln.backend.Backend;
+import dev.kiln.backend.cpu.AdamW8bitKernel;
 import dev.kiln.backend.cpu.CpuBackend;
 import dev.kiln.nn.Parameter;
 import dev.kiln.tensor.DType;
@@ -19,7 +20,8 @@ import java.util.Map;
  * an index into {@link DynamicQuantMap#SIGNED} (first moment) or {@link DynamicQuantMap#UNSIGNED} (second
  * moment), and one fp32 absmax per block of {@link #BLOCK} elements. Each step dequantises a block, updates the
  * moments and the parameter in fp32 (the parameter update uses the new moments before they are re-quantised, as
- * bitsandbytes does), then re-quantises the block against its new absmax. State is ≈ 2.03 bytes per parameter
+ * bitsandbytes does), then re-quantises the block against its new absmax. The step runs on the Vector API
+ * ({@link AdamW8bitKernel}), threaded over blocks, bitwise equal to the plain scalar loop kept here as its reference. State is ≈ 2.03 bytes per parameter
  * instead of 8.
  *
  * <p>Block size 256 (bitsandbytes' optimizers use 256 since 0.38; the paper's 2048): one outlier then coarsens
@@ -42,6 +44,7 @@ public final class AdamW8bit extends BaseOptimizer {
     private final double beta1, beta2, eps;
     private final Map<String, Tensor> expAvg = new LinkedHashMap<>(), expAvgSq = new LinkedHashMap<>();
     private final Map<String, Quantized> expAvgQ = new LinkedHashMap<>(), expAvgSqQ = new LinkedHashMap<>();
+    private boolean scalarReference; // tests: run the plain scalar loop instead of the vector kernel
 
     public AdamW8bit(List<ParamGroup> groups, double beta1, double beta2, double eps) {
         super(groups);
@@ -64,6 +67,13 @@ public final class AdamW8bit extends BaseOptimizer {
                     expAvgSqQ.put(e.getKey(), new Quantized(Tensor.zeros(DType.I8, n), Tensor.zeros(DType.F32, blocks)));
                 }
         }
+    }
+
+    /** The same optimizer stepping with the plain scalar loop, the reference the vector kernel is tested against. */
+    static AdamW8bit scalarReference(List<ParamGroup> groups, double beta1, double beta2, double eps) {
+        AdamW8bit o = new AdamW8bit(groups, beta1, beta2, eps);
+        o.scalarReference = true;
+        return o;
     }
 
     static int blocks(int n) {
@@ -101,35 +111,47 @@ public final class AdamW8bit extends BaseOptimizer {
         MemorySegment mc = slice(mq.codes(), 1), ma = slice(mq.absmax(), 4), vc = slice(vq.codes(), 1), va = slice(vq.absmax(), 4);
         // the scalars exactly as FusedF32.adamw forms them, so a step from zero state equals fp32 AdamW's bit for bit
         double bc1 = 1 - Math.pow(beta1, step), bc2 = 1 - Math.pow(beta2, step);
-        float b1 = (float) beta1, b2 = (float) beta2, c1 = (float) (1 - beta1), c2 = (float) (1 - beta2);
-        float stepSize = (float) (lr / bc1), invSqrtBc2 = (float) (1.0 / Math.sqrt(bc2)), wd = (float) (lr * weightDecay), ep = (float) eps;
-        DynamicQuantMap sm = DynamicQuantMap.SIGNED, um = DynamicQuantMap.UNSIGNED;
-        CpuBackend.get().pool().parallelFor(blocks(n), 8, (s, e) -> {
-            float[] m = new float[BLOCK], v = new float[BLOCK];
-            for (int blk = s; blk < e; blk++) {
-                int i0 = blk * BLOCK, len = Math.min(BLOCK, n - i0);
-                float mScale = ma.getAtIndex(F, blk), vScale = va.getAtIndex(F, blk), mMax = 0, vMax = 0;
-                for (int j = 0; j < len; j++) {
-                    int i = i0 + j;
-                    float g = gs.getAtIndex(F, i);
-                    float mi = sm.decode(mc.get(B, i) & 0xff) * mScale * b1 + g * c1;
-                    float vi = um.decode(vc.get(B, i) & 0xff) * vScale * b2 + g * g * c2;
-                    m[j] = mi;
-                    v[j] = vi;
-                    mMax = Math.max(mMax, Math.abs(mi));
-                    vMax = Math.max(vMax, vi);
-                    float pv = ps.getAtIndex(F, i);
-                    pv = pv - pv * wd;
-                    ps.setAtIndex(F, i, pv - mi / ((float) Math.sqrt(vi) * invSqrtBc2 + ep) * stepSize);
-                }
-                ma.setAtIndex(F, blk, mMax);
-                va.setAtIndex(F, blk, vMax);
-                for (int j = 0; j < len; j++) {
-                    mc.set(B, i0 + j, (byte) sm.encode(mMax == 0 ? 0 : m[j] / mMax));
-                    vc.set(B, i0 + j, (byte) um.encodePositive(vMax == 0 ? 0 : v[j] / vMax));
-                }
-            }
+        var s = new AdamW8bitKernel.Scalars((float) beta1, (float) beta2, (float) (1 - beta1), (float) (1 - beta2),
+                (float) (lr / bc1), (float) (1.0 / Math.sqrt(bc2)), (float) (lr * weightDecay), (float) eps);
+        var sm = DynamicQuantMap.SIGNED.codebook();
+        var um = DynamicQuantMap.UNSIGNED.codebook();
+        CpuBackend.get().pool().parallelFor(blocks(n), 8, (b0, b1) -> {
+            if (scalarReference) updateBlocksScalar(b0, b1, n, ps, gs, mc, ma, vc, va, s);
+            else AdamW8bitKernel.blocks(b0, b1, BLOCK, n, ps, gs, mc, ma, vc, va, sm, um, s);
         });
+    }
+
+    /**
+     * The plain scalar loop the vector kernel must equal bit for bit (tests run both): dequantise, update the moments
+     * and the parameter in fp32, then re-quantise each moment against its block's new absmax.
+     */
+    private static void updateBlocksScalar(int blockStart, int blockEnd, int n, MemorySegment ps, MemorySegment gs, MemorySegment mc,
+                                           MemorySegment ma, MemorySegment vc, MemorySegment va, AdamW8bitKernel.Scalars s) {
+        DynamicQuantMap sm = DynamicQuantMap.SIGNED, um = DynamicQuantMap.UNSIGNED;
+        float[] m = new float[BLOCK], v = new float[BLOCK];
+        for (int blk = blockStart; blk < blockEnd; blk++) {
+            int i0 = blk * BLOCK, len = Math.min(BLOCK, n - i0);
+            float mScale = ma.getAtIndex(F, blk), vScale = va.getAtIndex(F, blk), mMax = 0, vMax = 0;
+            for (int j = 0; j < len; j++) {
+                int i = i0 + j;
+                float g = gs.getAtIndex(F, i);
+                float mi = sm.decode(mc.get(B, i) & 0xff) * mScale * s.b1() + g * s.c1();
+                float vi = um.decode(vc.get(B, i) & 0xff) * vScale * s.b2() + g * g * s.c2();
+                m[j] = mi;
+                v[j] = vi;
+                mMax = Math.max(mMax, Math.abs(mi));
+                vMax = Math.max(vMax, vi);
+                float pv = ps.getAtIndex(F, i);
+                pv = pv - pv * s.wd();
+                ps.setAtIndex(F, i, pv - mi / ((float) Math.sqrt(vi) * s.invSqrtBc2() + s.eps()) * s.stepSize());
+            }
+            ma.setAtIndex(F, blk, mMax);
+            va.setAtIndex(F, blk, vMax);
+            for (int j = 0; j < len; j++) {
+                mc.set(B, i0 + j, (byte) sm.encode(mMax == 0 ? 0 : m[j] / mMax));
+                vc.set(B, i0 + j, (byte) um.encodePositive(vMax == 0 ? 0 : v[j] / vMax));
+            }
+        }
     }
 
     private static final ValueLayout.OfFloat F = ValueLayout.JAVA_FLOAT;

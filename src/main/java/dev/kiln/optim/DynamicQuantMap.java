@@ -1,5 +1,7 @@
 package dev.kiln.optim;
 
+import dev.kiln.backend.cpu.AdamW8bitKernel;
+
 import java.util.Arrays;
 
 /**
@@ -21,6 +23,7 @@ public final class DynamicQuantMap {
     // the smallest float with those bits; encode then moves up past the (at most two) midpoints inside that bucket
     private final byte[] bucketStart = new byte[1 << 16];
     private final boolean signed;
+    private final AdamW8bitKernel.Codebook codebook;
 
     private DynamicQuantMap(boolean signed) {
         this.signed = signed;
@@ -49,6 +52,36 @@ public final class DynamicQuantMap {
             if (Float.isNaN(lowest)) lowest = key < 0x8000 ? Float.POSITIVE_INFINITY : Float.NEGATIVE_INFINITY; // −inf's bucket, or NaNs only
             bucketStart[key] = (byte) encodeBySearch(lowest);
         }
+        codebook = buildCodebook();
+    }
+
+    /**
+     * The tables in the vector kernel's form. Built from every one of the 65,536 buckets and checked on the way: each
+     * bucket holds at most one midpoint, and buckets that share a clamped entry have equal entries, so the kernel's
+     * lookup equals {@link #encode} for every float.
+     */
+    private AdamW8bitKernel.Codebook buildCodebook() {
+        int[] entries = new int[AdamW8bitKernel.Codebook.ENTRIES];
+        boolean[] filled = new boolean[entries.length];
+        for (int key = 0; key < 1 << 16; key++) {
+            int first = bucketStart[key] & 0xff;
+            // the bucket's largest value: low bits all ones for positive floats, 0 for negative ones
+            float highest = Float.intBitsToFloat(key < 0x8000 ? (key << 16) | 0xFFFF : key << 16);
+            boolean inside = first < 255 && !Float.isNaN(highest) && mid[first] <= highest;
+            if (inside && first + 1 < 255 && mid[first + 1] <= highest)
+                throw new IllegalStateException("dynamic map: bucket " + Integer.toHexString(key) + " holds two midpoints");
+            int entry = AdamW8bitKernel.Codebook.entry(first, inside ? mid[first] : Float.NaN), at = AdamW8bitKernel.Codebook.index(key);
+            if (filled[at] && entries[at] != entry)
+                throw new IllegalStateException("dynamic map: bucket " + Integer.toHexString(key) + " differs from the clamped bucket it shares");
+            entries[at] = entry;
+            filled[at] = true;
+        }
+        return new AdamW8bitKernel.Codebook(code.clone(), entries, zero);
+    }
+
+    /** The map as the vectorised 8-bit AdamW kernel reads it. */
+    public AdamW8bitKernel.Codebook codebook() {
+        return codebook;
     }
 
     public boolean signed() {

@@ -3,7 +3,9 @@ package dev.kiln.optim;
 import dev.kiln.KilnException;
 import dev.kiln.nn.Parameter;
 import dev.kiln.tensor.DType;
+import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
+import dev.kiln.tensor.MemoryTracker;
 import dev.kiln.tensor.Tensor;
 
 import java.lang.foreign.MemorySegment;
@@ -49,7 +51,8 @@ public final class MixedPrecisionOptimizer implements Optimizer {
         this.inner = inner;
         this.half = half;
         this.scaler = half == DType.F16 ? scaler : null;
-        try (var s = MemoryScope.persistent()) {
+        // the masters are optimizer state in the memory account (as ZeRO counts fp32 master weights), not temporaries
+        try (var s = MemoryScope.persistent(); var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
             for (Parameter p : trainable.values()) {
                 if (p.dtype() != DType.F32 || !p.isContiguous())
                     throw new IllegalArgumentException("mixed precision needs contiguous F32 master weights, got " + p.dtype() + " " + p.shapeString());
@@ -96,11 +99,19 @@ public final class MixedPrecisionOptimizer implements Optimizer {
     public boolean endBackward() {
         for (int i = 0; i < params.size(); i++) params.get(i).copyFrom(master.get(i));
         injectOverflow = false;
-        for (Parameter p : params) if (p.grad() != null) roundInPlace(p.grad(), half);
+        roundGradients();
         if (scaler == null) return false;
         boolean foundInf = scaler.unscale(params);
         if (foundInf) scaler.update(true);
         return foundInf;
+    }
+
+    /**
+     * Rounds the parameter gradients to fp16/bf16 in place: gradient accumulation calls it after each micro-batch, so
+     * the running sum is held as a half-precision gradient buffer would hold it ({@link #endBackward} rounds the last).
+     */
+    public void roundGradients() {
+        for (Parameter p : params) if (p.grad() != null) roundInPlace(p.grad(), half);
     }
 
     @Override

@@ -1,7 +1,7 @@
 package dev.kiln.plan;
 
 import dev.kiln.nn.Recompute;
-import dev.kiln.tensor.MemoryCategory;
+import dev.kiln.nn.models.LlamaConfig;
 import dev.kiln.train.config.RunConfig;
 
 import java.util.ArrayList;
@@ -16,10 +16,11 @@ public final class MemoryPlanner {
     public static PlanShape shape(RunConfig cfg) {
         var m = cfg.model();
         if (m.vocab_size() <= 0) throw new IllegalArgumentException("model.vocab_size must be resolved before planning");
-        if (m.llama()) throw new dev.kiln.KilnException("model.arch: kiln plan models GPT's step so far, not llama");
         var t = cfg.train();
         return new PlanShape(m.n_layer(), m.n_head(), m.n_embd(), m.block_size(), m.vocab_size(), t.batch_size(), t.grad_accum_steps(),
-                m.dropout() > 0, m.bias(), Recompute.parse(t.recompute()), cfg.optim().optimizer(), cfg.optim().momentum());
+                m.dropout() > 0, m.bias(), Recompute.parse(t.recompute()), cfg.optim().optimizer(), cfg.optim().momentum(), t.precision(),
+                t.offload_params().equals("disk"), t.offload_optimizer().equals("disk"), t.prefetch_depth(), m.llama(),
+                m.llama() ? LlamaConfig.of(m).num_key_value_heads() : 0, m.llama() ? LlamaConfig.of(m).intermediate_size() : 0);
     }
 
     public static Prediction predict(RunConfig cfg) {
@@ -32,32 +33,26 @@ public final class MemoryPlanner {
 
     /**
      * Every combination of recompute (none, selective, full), gradient accumulation at the config's tokens per step
-     * (micro-batches of batch_size·k/j for every power-of-two j that divides it) and state option, cheapest first.
+     * (micro-batches of batch_size·k/j for every power-of-two j that divides it) and state option, each simulated,
+     * cheapest first.
      */
     public static List<PlanRow> combinations(RunConfig cfg, CostModel cost) {
         PlanShape base = shape(cfg);
         int sequences = base.microBatch() * base.accumSteps();
         List<PlanRow> rows = new ArrayList<>();
-        for (Recompute r : Recompute.values())
+        // Llama trains without recompute and offload so far: its rows vary accumulation and the optimizer state
+        for (Recompute r : base.llama() ? List.of(Recompute.NONE) : List.of(Recompute.values()))
             for (int k = 1; k <= sequences; k *= 2) {
                 if (sequences % k != 0) break;
-                PlanShape s = base.with(r, sequences / k, k);
-                Prediction p = predict(s);
-                for (StateOption o : StateOption.all(base.nLayer())) rows.add(row(s, p, o, cost));
+                for (StateOption o : StateOption.all(base)) {
+                    if (base.llama() && o.offloadOptimizer()) continue;
+                    PlanShape s = o.apply(base.with(r, sequences / k, k));
+                    Prediction p = predict(s);
+                    rows.add(new PlanRow(r, s.microBatch(), s.accumSteps(), o, o.settings(base), s.implemented(), p.peakBytes(), p.peakTotal(),
+                            cost.relativeCost(s, o)));
+                }
             }
         rows.sort(Comparator.comparingDouble(PlanRow::relativeCost).thenComparingLong(PlanRow::peakTotal));
         return rows;
-    }
-
-    /** The full-precision prediction with the device's optimizer state and parameters as {@code o} holds them. */
-    static PlanRow row(PlanShape s, Prediction p, StateOption o, CostModel cost) {
-        long[] bytes = p.peakBytes().clone();
-        int opt = MemoryCategory.OPTIMIZER_STATE.ordinal(), par = MemoryCategory.PARAMETERS.ordinal();
-        long optNow = Math.round(bytes[opt] * o.optimizerStateFactor()), parNow = Math.round(bytes[par] * o.parametersOnDevice());
-        // both are live through the whole step, so the total's peak moves by exactly what leaves the device
-        long total = p.peakTotal() - (bytes[opt] - optNow) - (bytes[par] - parNow);
-        bytes[opt] = optNow;
-        bytes[par] = parNow;
-        return new PlanRow(s.recompute(), s.microBatch(), s.accumSteps(), o, bytes, total, cost.relativeCost(s, o));
     }
 }

@@ -6,17 +6,15 @@ import dev.kiln.tensor.MemoryCategory;
 /**
  * One combination of techniques, its predicted peak device memory per category and in total, and its cost
  * relative to the plain configuration (1.0 = the same time per step).
+ *
+ * @param stateSettings the config overrides of {@code state} ({@link StateOption#settings})
+ * @param implemented   whether Kiln trains the combination today (otherwise it is a planned one's estimate)
  */
-public record PlanRow(Recompute recompute, int microBatch, int accumSteps, StateOption state, long[] peakBytes, long peakTotal,
-                      double relativeCost) {
+public record PlanRow(Recompute recompute, int microBatch, int accumSteps, StateOption state, String stateSettings, boolean implemented,
+                      long[] peakBytes, long peakTotal, double relativeCost) {
 
     public long peak(MemoryCategory c) {
         return peakBytes[c.ordinal()];
-    }
-
-    /** Whether every technique of the row exists in Kiln today (otherwise it is a planned one's estimate). */
-    public boolean implemented() {
-        return state.implemented();
     }
 
     public boolean fits(long deviceBytes) {
@@ -26,6 +24,6 @@ public record PlanRow(Recompute recompute, int microBatch, int accumSteps, State
     /** The overrides that select this row's techniques, e.g. "train.recompute=full train.batch_size=2 train.grad_accum_steps=4". */
     public String settings() {
         String s = "train.recompute=" + recompute.key() + " train.batch_size=" + microBatch + " train.grad_accum_steps=" + accumSteps;
-        return state.settings().isEmpty() ? s : s + " " + state.settings();
+        return stateSettings.isEmpty() ? s : s + " " + stateSettings;
     }
 }

@@ -13,12 +13,14 @@ import static dev.kiln.tensor.MemoryCategory.PARAMETERS;
 import static dev.kiln.tensor.MemoryCategory.TEMPORARIES;
 
 /**
- * The memory of one GPT training step, predicted from the shapes alone: a walk of the step's allocations in the
+ * The memory of one GPT or Llama training step, predicted from the shapes alone: a walk of the step's allocations in the
  * order Kiln's CPU code makes them (Gpt.forward, the ops' saved tensors, Tape.backward's interior gradient buffers
  * released node by node, {@link dev.kiln.autograd.Checkpoint}'s recompute scopes), charged to the categories the
  * {@link dev.kiln.tensor.MemoryTracker} uses. Steady state: parameters, their gradients and the optimizer state
- * are live throughout. Not modelled: μP's extra multiplies, LoRA adapters, fake quantisation, layer drop (the plan
- * is for the full model), the size-class cache of the allocator (reported separately as reserved).
+ * are live throughout, except offloaded blocks' parameters and optimizer state, paged in and out on
+ * {@link dev.kiln.train.Offload}'s schedule (forward, backward, and the block-by-block update). Llama has a walk of its
+ * own ({@link #llamaMicroStep}). Not modelled: μP's extra multiplies, LoRA adapters, fake quantisation, layer drop
+ * (the plan is for the full model), the size-class cache of the allocator (reported separately as reserved).
  */
 final class StepSimulation {
     private final PlanShape s;
@@ -26,11 +28,14 @@ final class StepSimulation {
     private final List<Timeline.Block> stepScope = new ArrayList<>();
     private List<Timeline.Block> scope = stepScope;
     private final long n, nc; // tokens of a micro-batch; its activations' width-C tensor size (elements)
+    private final Paging params, state; // offloaded blocks' parameters / optimizer state, or null
 
     private StepSimulation(PlanShape s) {
         this.s = s;
         this.n = (long) s.microBatch() * s.seqLen();
         this.nc = n * s.nEmbd();
+        this.params = s.offloadParams() ? new Paging(blockParameterBytes(s), PARAMETERS) : null;
+        this.state = s.offloadOptimizer() ? new Paging(blockStateBytes(s), OPTIMIZER_STATE) : null;
     }
 
     /** Peak bytes per category and of the total for one optimizer step of {@code shape}. */
@@ -38,6 +43,7 @@ final class StepSimulation {
         StepSimulation sim = new StepSimulation(shape);
         sim.persistent();
         for (int i = 0; i < shape.accumSteps(); i++) sim.microStep();
+        sim.offloadedUpdate();
         long[] peaks = new long[MemoryCategory.values().length];
         for (MemoryCategory c : MemoryCategory.values()) peaks[c.ordinal()] = sim.tl.peak(c);
         return new Prediction(peaks, sim.tl.peakTotal());
@@ -54,14 +60,82 @@ final class StepSimulation {
         return tl.f32(elements);
     }
 
+    /**
+     * Parameters, gradients, optimizer state and (mixed precision) the fp32 master copies, live throughout; offloaded
+     * blocks' parameters or optimizer state start paged out ({@link Paging}).
+     */
     private void persistent() {
         tl.attribute(PARAMETERS);
-        for (long p : s.parameterTensors()) tl.f32(p);
+        for (long[] p : s.restParameterShapes()) tl.f32(PlanShape.elements(p));
+        if (!s.offloadParams()) for (int l = 0; l < s.nLayer(); l++) for (long[] p : s.blockParameterShapes()) tl.f32(PlanShape.elements(p));
         tl.attribute(GRADIENTS);
         for (long p : s.parameterTensors()) tl.f32(p);
         tl.attribute(OPTIMIZER_STATE);
-        for (long p : s.optimizerStateTensors()) tl.f32(p);
+        for (long[] p : s.restParameterShapes()) for (long bytes : s.stateBytes(p)) tl.alloc(bytes);
+        if (!s.offloadOptimizer()) for (int l = 0; l < s.nLayer(); l++) for (long[] p : s.blockParameterShapes()) for (long bytes : s.stateBytes(p)) tl.alloc(bytes);
+        if (s.mixedPrecision()) for (long p : s.parameterTensors()) tl.f32(p); // MixedPrecisionOptimizer's fp32 masters
         tl.attribute(TEMPORARIES);
+        if (s.llama()) { // the rotary cos and sin tables (block_size × head size/2), made with the model outside any category
+            tl.f32((long) s.seqLen() * (s.nEmbd() / s.nHead() / 2));
+            tl.f32((long) s.seqLen() * (s.nEmbd() / s.nHead() / 2));
+        }
+    }
+
+    /**
+     * BlockOffloader's residency: a block's tensors are allocated (in their category) when it is prefetched or acquired
+     * and freed when it is released. The simulation charges a prefetch at once, where the offload thread pages it in
+     * shortly after: the prediction is the schedule's bound, which the measured peak meets when the copies keep up.
+     */
+    private final class Paging {
+        private final List<List<Timeline.Block>> resident = new ArrayList<>();
+        private final List<Long> bytes;
+        private final MemoryCategory category;
+
+        Paging(List<Long> bytes, MemoryCategory category) {
+            this.bytes = bytes;
+            this.category = category;
+            for (int l = 0; l < s.nLayer(); l++) resident.add(null);
+        }
+
+        void prefetch(int g) {
+            if (g < 0 || g >= s.nLayer() || resident.get(g) != null) return;
+            List<Timeline.Block> blocks = new ArrayList<>();
+            for (long b : bytes) blocks.add(tl.alloc(b, category));
+            resident.set(g, blocks);
+        }
+
+        /** acquire(g) then prefetchAhead(g, step), as the offload schedule calls them. */
+        void acquire(int g, int step) {
+            prefetch(g);
+            for (int k = 1; k <= s.prefetchDepth(); k++) prefetch(g + k * step);
+        }
+
+        void release(int g) {
+            List<Timeline.Block> blocks = resident.set(g, null);
+            if (blocks != null) for (Timeline.Block b : blocks) tl.free(b);
+        }
+    }
+
+    private static List<Long> blockParameterBytes(PlanShape s) {
+        List<Long> out = new ArrayList<>();
+        for (long[] p : s.blockParameterShapes()) out.add(4 * PlanShape.elements(p));
+        return out;
+    }
+
+    private static List<Long> blockStateBytes(PlanShape s) {
+        List<Long> out = new ArrayList<>();
+        for (long[] p : s.blockParameterShapes()) out.addAll(s.stateBytes(p));
+        return out;
+    }
+
+    /** OffloadedOptimizer's step: block by block, parameters and state paged in (prefetched ahead) and out again. */
+    private void offloadedUpdate() {
+        for (int l = 0; l < s.nLayer(); l++) {
+            if (params != null) params.acquire(l, 1);
+            if (state != null) state.acquire(l, 1);
+            if (params != null) params.release(l);
+            if (state != null) state.release(l);
+        }
     }
 
     private long probs() {
@@ -69,6 +143,10 @@ final class StepSimulation {
     }
 
     private void microStep() {
+        if (s.llama()) {
+            llamaMicroStep();
+            return;
+        }
         int c = s.nEmbd(), t = s.seqLen();
         boolean drop = s.dropout();
         // forward, recorded: activations
@@ -81,10 +159,15 @@ final class StepSimulation {
         f32(nc); // wte(idx), wpe(pos), their sum
         if (drop) dropoutForward();
         for (int l = 0; l < s.nLayer(); l++) {
+            if (params != null) params.acquire(l, 1);
             switch (s.recompute()) {
                 case NONE -> blockForward(false);
                 case SELECTIVE -> blockForward(true);
                 case FULL -> checkpointed(() -> blockForward(false));
+            }
+            if (params != null) {
+                params.release(l);
+                if (l == s.nLayer() - 1) params.acquire(l, -1); // prefetched again for backward
             }
         }
         layerNormForward();
@@ -95,8 +178,8 @@ final class StepSimulation {
         // backward: temporaries
         tl.attribute(TEMPORARIES);
         Timeline.Block g;
-        if (s.accumSteps() > 1) {
-            f32(1); // loss × 1/k
+        if (s.accumSteps() > 1 || s.precision().equals("fp16")) {
+            f32(1); // loss × 1/k (accumulation) or × the loss scale (fp16)
             f32(1); // backward's seed
             g = grad(1); // d(loss) from the scaling node; the seed itself stays until the step ends
         } else {
@@ -110,11 +193,13 @@ final class StepSimulation {
         Timeline.Block dx = grad(nc); // ln_f
         tl.free(dLnF);
         for (int l = s.nLayer() - 1; l >= 0; l--) {
+            if (params != null) params.acquire(l, -1);
             dx = switch (s.recompute()) {
                 case NONE -> blockBackward(dx, false, true, null);
                 case SELECTIVE -> blockBackward(dx, true, true, null);
                 case FULL -> checkpointBackward(dx, nc, () -> blockForward(false), (in, gIn) -> blockBackward(gIn, false, false, in));
             };
+            if (params != null) params.release(l);
         }
         if (drop) {
             f32(nc); // dropout backward's product, kept until the step ends
@@ -266,5 +351,105 @@ final class StepSimulation {
         Timeline.Block d = grad(nc);
         tl.free(g);
         return d;
+    }
+
+    // ---------------------------------------------------------------- Llama
+
+    /**
+     * One Llama micro-batch (Llama.forward, then Tape.backward node by node in reverse): no recompute, offload or
+     * dropout, which Llama does not train with yet.
+     */
+    private void llamaMicroStep() {
+        tl.attribute(ACTIVATIONS);
+        f32(n);
+        f32(n); // idx, targets (int32)
+        f32(nc); // embed_tokens(idx)
+        for (int l = 0; l < s.nLayer(); l++) llamaLayerForward();
+        rmsNormForward(); // norm
+        f32(n * s.vocab()); // lm_head: logits
+        f32(n);
+        f32(n);
+        f32(1); // cross-entropy: per-row losses, log-sum-exp, the mean
+        tl.attribute(TEMPORARIES);
+        Timeline.Block g;
+        if (s.accumSteps() > 1 || s.precision().equals("fp16")) {
+            f32(1); // loss × 1/k or × the loss scale
+            f32(1); // backward's seed
+            g = grad(1);
+        } else {
+            f32(1);
+            g = null;
+        }
+        Timeline.Block dLogits = grad(n * s.vocab());
+        tl.free(g);
+        Timeline.Block dNorm = grad(nc); // lm_head's dx
+        tl.free(dLogits);
+        Timeline.Block dx = grad(nc); // norm's dx
+        tl.free(dNorm);
+        for (int l = s.nLayer() - 1; l >= 0; l--) dx = llamaLayerBackward(dx);
+        tl.free(dx); // embed_tokens accumulates into its weight's gradient
+        for (Timeline.Block b : stepScope) tl.free(b);
+        stepScope.clear();
+    }
+
+    private void rmsNormForward() {
+        f32(nc);
+        f32(n); // output, rstd
+    }
+
+    /** Llama.Layer.forward's saved tensors, in order. */
+    private void llamaLayerForward() {
+        long kv = n * s.kvWidth(), inter = n * s.intermediate();
+        rmsNormForward(); // input_layernorm
+        f32(nc);
+        f32(nc); // q_proj, its rotary output
+        f32(kv);
+        f32(kv); // k_proj, its rotary output
+        f32(kv); // v_proj
+        f32(3 * nc);
+        f32(nc);
+        f32(probs()); // attention: K/V heads repeated into a packed (B, T, 3C) copy, the output, the probabilities
+        f32(nc);
+        f32(nc); // o_proj, residual add
+        rmsNormForward(); // post_attention_layernorm
+        f32(inter);
+        f32(inter);
+        f32(inter); // gate_proj, up_proj, SwiGLU
+        f32(nc);
+        f32(nc); // down_proj, residual add
+    }
+
+    /** Backward of one Llama layer from dL/d(output) {@code g} (released); returns dL/d(input). */
+    private Timeline.Block llamaLayerBackward(Timeline.Block g) {
+        long kv = n * s.kvWidth(), inter = n * s.intermediate();
+        Timeline.Block dx2 = grad(nc), dDown = grad(nc); // residual add: both operands
+        tl.free(g);
+        Timeline.Block dSwiglu = grad(inter); // down_proj's dx
+        tl.free(dDown);
+        Timeline.Block dGate = grad(inter), dUp = grad(inter); // SwiGLU
+        tl.free(dSwiglu);
+        Timeline.Block dH2 = grad(nc); // up_proj's dx; gate_proj accumulates into it
+        tl.free(dUp);
+        tl.free(dGate);
+        tl.free(dH2); // post_attention_layernorm accumulates into dx2
+        Timeline.Block dx = grad(nc), dO = grad(nc); // residual add
+        tl.free(dx2);
+        Timeline.Block dA = grad(nc); // o_proj's dx
+        tl.free(dO);
+        Timeline.Block gqkv = tl.f32(3 * nc); // attention backward's packed gradient
+        attentionScratch();
+        Timeline.Block dQ = grad(nc), dK = grad(kv), dV = grad(kv);
+        tl.free(gqkv);
+        tl.free(dA);
+        Timeline.Block dH1 = grad(nc); // v_proj's dx; k_proj and q_proj accumulate into it
+        tl.free(dV);
+        Timeline.Block dK0 = grad(kv); // rotary backward of k
+        tl.free(dK);
+        tl.free(dK0);
+        Timeline.Block dQ0 = grad(nc); // rotary backward of q
+        tl.free(dQ);
+        tl.free(dQ0);
+        tl.free(dH1); // input_layernorm accumulates into dx
+        return dx;
     }
 }

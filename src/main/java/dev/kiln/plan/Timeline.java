@@ -43,7 +43,12 @@ final class Timeline {
     }
 
     Block alloc(long bytes) {
-        Block b = new Block(rounded(bytes), current);
+        return alloc(bytes, current);
+    }
+
+    /** A block of {@code bytes} charged to {@code c}, whatever the current category. */
+    Block alloc(long bytes, MemoryCategory c) {
+        Block b = new Block(rounded(bytes), c);
         int i = b.category.ordinal();
         live[i] += b.bytes;
         peak[i] = Math.max(peak[i], live[i]);

@@ -31,9 +31,29 @@ public final class Bench {
         MemoryPeaks memory = MemoryPeaks.start(); // from before the model: parameters and optimizer state count too
         PreparedData data = Workspace.prepareData(cfg.data());
         GptConfig mc = cfg.model().vocab_size() > 0 ? cfg.model() : cfg.model().withVocabSize(data.tokenizer().vocabSize());
-        OptimConfig oc = cfg.optim();
         CausalLm model = RunSetup.buildModel(cfg.withModel(mc)); // LoRA and QAT as configured (lora.init_from is not loaded: speed does not depend on it)
-        Optimizer opt = RunSetup.optimizer(cfg, model); // with train.precision's mixed precision, as training runs it
+        // offload as training does it, its files in a scratch directory (train.offload_dir, when set, as given)
+        Path scratch;
+        try {
+            scratch = Files.createTempDirectory("kiln-bench-");
+        } catch (IOException e) {
+            throw new TrainingException("kiln bench: cannot create a scratch directory for offload: " + e.getMessage());
+        }
+        try (Offload offload = Offload.open(cfg.train(), scratch, model)) {
+            return run(cfg, mc, data, model, offload, memory, warmupSteps, steps);
+        } finally {
+            try {
+                Files.deleteIfExists(scratch);
+            } catch (IOException e) {
+                System.err.println("kiln: warning: could not delete " + scratch + ": " + e.getMessage());
+            }
+        }
+    }
+
+    private static Map<String, Object> run(RunConfig cfg, GptConfig mc, PreparedData data, CausalLm model, Offload offload, MemoryPeaks memory,
+                                           int warmupSteps, int steps) {
+        OptimConfig oc = cfg.optim();
+        Optimizer opt = RunSetup.optimizer(cfg, model, offload); // with train.precision's mixed precision and offload, as training runs them
         MemoryAccount account = MemoryAccount.of(model, opt);
         memory.restart();
         LrSchedule schedule = LrSchedule.of(oc.schedule(), oc.learning_rate(), oc.min_lr(), oc.warmup_iters(), oc.decay_fraction());
@@ -71,6 +91,10 @@ public final class Bench {
             r.put("batch_size", b);
             r.put("grad_accum_steps", k);
             r.put("recompute", model.recompute().key());
+            r.put("optimizer", oc.optimizer());
+            r.put("precision", cfg.train().precision());
+            r.put("offload_params", cfg.train().offload_params());
+            r.put("offload_optimizer", cfg.train().offload_optimizer());
             for (var c : dev.kiln.tensor.MemoryCategory.values()) r.put("mem_peak_" + c.key(), memory.peak(c));
             r.put("mem_peak_total", memory.peakTotal());
             r.put("vocab_size", mc.vocab_size());

@@ -47,8 +47,8 @@ class PlanCommandTest {
         JsonNode root = new ObjectMapper().readTree(r.out());
         assertEquals(device, root.path("device_memory").asLong());
         JsonNode rows = root.path("combinations");
-        // recompute 3 × micro-batches 4, 2, 1 × state options 4
-        assertEquals(3 * 3 * 4, rows.size());
+        // recompute 3 × micro-batches 4, 2, 1 × state options 6 (fp32 / 8-bit, each resident, optimizer offload, + parameter offload)
+        assertEquals(3 * 3 * 6, rows.size());
         boolean someFit = false, someDoNot = false;
         double lastCost = 0;
         for (JsonNode row : rows) {
@@ -66,6 +66,24 @@ class PlanCommandTest {
             if (row.path("recompute").asText().equals("none") && row.path("micro_batch").asInt() == 4 && row.path("state").asText().equals("fp32")) same = row;
         assertEquals(own.path("peak_total").asLong(), same.path("peak_total").asLong(), "the config's own row is its prediction");
         assertTrue(same.path("implemented").asBoolean());
+    }
+
+    /** A Llama config plans (it was refused): rows over micro-batches and fp32 / 8-bit state only, as Llama trains without recompute or offload. */
+    @Test
+    void llamaPlansOverAccumulationAndStatePrecision() throws Exception {
+        SmallRuns.Cli r = SmallRuns.cli(args("--json", "--set", "model.arch=llama", "--set", "model.n_kv_head=1", "--set", "model.dropout=0",
+                "--set", "model.bias=false"));
+        assertEquals(0, r.code(), r.err());
+        JsonNode root = new ObjectMapper().readTree(r.out());
+        assertTrue(root.path("shape").path("llama").asBoolean());
+        JsonNode rows = root.path("combinations");
+        assertEquals(3 * 2, rows.size());
+        for (JsonNode row : rows) {
+            assertEquals("none", row.path("recompute").asText());
+            assertTrue(row.path("implemented").asBoolean(), row.toString());
+        }
+        SmallRuns.Cli table = SmallRuns.cli(args("--set", "model.arch=llama", "--set", "model.dropout=0", "--set", "model.bias=false"));
+        assertTrue(table.out().contains("kiln plan: Llama 2 layers"), table.out());
     }
 
     @Test

@@ -105,6 +105,105 @@ class AdamW8bitTest {
         }
     }
 
+    /** The vector kernel's table lookup ({@link dev.kiln.backend.cpu.AdamW8bitKernel.Codebook#encode}) equals the binary search for every bucket's ends, midpoints and random floats, NaN, ±∞ and huge values included. */
+    @Test
+    void kernelCodebookEqualsBinarySearch() {
+        SplittableRandom rnd = new SplittableRandom(5);
+        for (DynamicQuantMap map : List.of(DynamicQuantMap.SIGNED, DynamicQuantMap.UNSIGNED)) {
+            var cb = map.codebook();
+            float[] c = map.codes();
+            for (int i = 0; i + 1 < 256; i++) {
+                float mid = (float) (((double) c[i] + c[i + 1]) / 2);
+                for (float x : new float[]{mid, Math.nextUp(mid), Math.nextDown(mid), c[i], c[i + 1]})
+                    assertEquals(map.encodeBySearch(x), cb.encode(x), "x = " + x);
+            }
+            for (int key = 0; key < 1 << 16; key++)
+                for (int low : new int[]{0, 0xFFFF, rnd.nextInt(0x10000), rnd.nextInt(0x10000)}) {
+                    float x = Float.intBitsToFloat(key << 16 | low);
+                    assertEquals(Float.isNaN(x) ? map.encode(x) : map.encodeBySearch(x), cb.encode(x), "x = " + x);
+                }
+        }
+    }
+
+    /**
+     * The kernel's vector quantisation equals the reference encode on every midpoint and its neighbours, every code,
+     * both ends of every top-16-bit bucket, NaN, ±∞, ±0 and random floats, divided by absmax 1 and 3.7.
+     */
+    @Test
+    void kernelQuantizeEqualsReferenceEncode() {
+        SplittableRandom rnd = new SplittableRandom(6);
+        for (DynamicQuantMap map : List.of(DynamicQuantMap.SIGNED, DynamicQuantMap.UNSIGNED)) {
+            float[] c = map.codes();
+            var xs = new java.util.ArrayList<Float>(List.of(Float.NaN, -Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, 0f, -0f, 1e-30f));
+            for (int i = 0; i + 1 < 256; i++) {
+                float mid = (float) (((double) c[i] + c[i + 1]) / 2);
+                for (float x : new float[]{mid, Math.nextUp(mid), Math.nextDown(mid), c[i], c[i + 1]}) xs.add(x);
+            }
+            for (int key = 0; key < 1 << 16; key++)
+                for (int low : new int[]{0, 0xFFFF, rnd.nextInt(0x10000)}) xs.add(Float.intBitsToFloat(key << 16 | low));
+            float[] x = new float[xs.size()];
+            for (int i = 0; i < x.length; i++) x[i] = xs.get(i);
+            for (float absmax : new float[]{1f, 3.7f}) {
+                var codes = java.lang.foreign.Arena.ofAuto().allocate(x.length);
+                dev.kiln.backend.cpu.AdamW8bitKernel.quantize(x, x.length, absmax, map.codebook(), !map.signed(), codes, 0);
+                for (int i = 0; i < x.length; i++) {
+                    float q = x[i] / absmax;
+                    int want = map.signed() ? map.encode(q) : map.encodePositive(q);
+                    assertEquals(want, codes.get(java.lang.foreign.ValueLayout.JAVA_BYTE, i) & 0xff, "x = " + x[i] + " / " + absmax);
+                }
+            }
+        }
+    }
+
+    /**
+     * The Vector API step equals the plain scalar loop bit for bit — parameters, codes and absmax — over 60 steps on
+     * random states: sizes with a partial last block and a partial last vector, heavy-tailed gradients, an all-zero
+     * gradient block (absmax 0), tiny gradients (low decades and the smallest positive second-moment code), ±∞ in the
+     * last step, and learning rates that change every step. (Once a block's state holds NaN, the codes may differ in NaN
+     * sign bits, which pick the end code; that block's parameters are NaN either way.)
+     */
+    @Test
+    void vectorStepEqualsScalarReferenceBitwise() {
+        int[] sizes = {4096, 5000, 65536 + 7, 4096 + 256 * 3 + 15};
+        LinkedHashMap<String, Parameter> a = new LinkedHashMap<>(), b = new LinkedHashMap<>();
+        SplittableRandom init = new SplittableRandom(11);
+        for (int k = 0; k < sizes.length; k++) {
+            float[] w = gaussian(init, sizes[k], 0.05f);
+            a.put("p" + k, new Parameter(Tensor.of(w.clone(), sizes[k])));
+            b.put("p" + k, new Parameter(Tensor.of(w.clone(), sizes[k])));
+        }
+        List<ParamGroup> ga = List.of(new ParamGroup("all", a, 0.05, 1.0, false)), gb = List.of(new ParamGroup("all", b, 0.05, 1.0, false));
+        AdamW8bit vec = new AdamW8bit(ga, BETA1, BETA2, EPS), ref = AdamW8bit.scalarReference(gb, BETA1, BETA2, EPS);
+        SplittableRandom rnd = new SplittableRandom(12);
+        for (int t = 0; t < 60; t++) {
+            for (String name : a.keySet()) {
+                int n = Math.toIntExact(a.get(name).numel());
+                float[] g = new float[n];
+                double scale = Math.pow(10, -rnd.nextInt(8));
+                for (int i = 0; i < n; i++) {
+                    double d = rnd.nextGaussian();
+                    if (rnd.nextInt(40) == 0) d *= 50;
+                    g[i] = (float) (d * scale);
+                }
+                if (t % 7 == 3) java.util.Arrays.fill(g, 256, 512, 0f);
+                if (t % 9 == 4) java.util.Arrays.fill(g, 0, 300, 1e-30f);
+                if (t == 59) { // last: after ±∞ the state holds NaNs, whose sign bits the two loops' max may pick differently
+                    g[17] = Float.POSITIVE_INFINITY;
+                    g[600] = Float.NEGATIVE_INFINITY;
+                }
+                a.get(name).setGrad(Tensor.of(g.clone(), n));
+                b.get(name).setGrad(Tensor.of(g.clone(), n));
+            }
+            double lr = 1e-3 * (1 + rnd.nextDouble());
+            vec.step(lr);
+            ref.step(lr);
+            for (String name : a.keySet())
+                assertArrayEquals(b.get(name).toFloatArray(), a.get(name).toFloatArray(), "parameter " + name + " at step " + t);
+            Map<String, Tensor> sv = vec.stateDict(), sr = ref.stateDict();
+            for (String k : sr.keySet()) assertArrayEquals(sr.get(k).toDoubleArray(), sv.get(k).toDoubleArray(), k + " at step " + t);
+        }
+    }
+
     @Test
     void positiveValuesNeverQuantiseToZero() {
         DynamicQuantMap u = DynamicQuantMap.UNSIGNED;

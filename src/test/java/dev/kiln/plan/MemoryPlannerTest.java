@@ -1,16 +1,20 @@
 package dev.kiln.plan;
 
 import dev.kiln.data.Batch;
-import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.CausalLm;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.Rng;
 import dev.kiln.train.GradAccumulation;
 import dev.kiln.train.MemoryPeaks;
+import dev.kiln.train.Offload;
 import dev.kiln.train.RunSetup;
 import dev.kiln.train.config.ConfigLoader;
 import dev.kiln.train.config.RunConfig;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.nio.file.Path;
 
 import java.util.ArrayList;
 import java.util.List;
@@ -28,12 +32,26 @@ class MemoryPlannerTest {
         return ConfigLoader.load(null, o);
     }
 
-    /** The peaks the account measures over two optimizer steps (the second is the steady state), model and optimizer included (not their construction's transient initial values). */
+    @TempDir
+    static Path offloadDir;
+
+    /**
+     * The peaks the account measures over two optimizer steps (the second is the steady state), model and optimizer
+     * included (not their construction's transient initial values), as training builds them: mixed precision and
+     * offload (files under a temporary directory) as the config says.
+     */
     static MemoryPeaks measure(RunConfig cfg) {
         MemoryPeaks peaks = MemoryPeaks.start();
-        Gpt model = (Gpt) RunSetup.buildModel(cfg);
-        Optimizer opt = RunSetup.optimizer(cfg.optim(), model);
-        peaks.restart();
+        CausalLm model = RunSetup.buildModel(cfg);
+        try (Offload offload = Offload.open(cfg.train(), offloadDir.resolve("run" + System.nanoTime()), model)) {
+            Optimizer opt = RunSetup.optimizer(cfg, model, offload);
+            peaks.restart();
+            steps(cfg, model, opt);
+        }
+        return peaks;
+    }
+
+    private static void steps(RunConfig cfg, CausalLm model, Optimizer opt) {
         model.train(true);
         Rng rng = new Rng(5);
         int b = cfg.train().batch_size(), t = cfg.model().block_size();
@@ -49,7 +67,6 @@ class MemoryPlannerTest {
             }
             GradAccumulation.step(model, opt, micro, 1e-3, 1.0, 0, 0, 1.0);
         }
-        return peaks;
     }
 
     private static void compare(String... settings) {
@@ -61,9 +78,9 @@ class MemoryPlannerTest {
             line.append(String.format(" %s %d/%d", c.key(), p.peak(c), m.peak(c)));
         line.append(String.format(" total %d/%d (%.2f%%)", p.peakTotal(), m.peakTotal(), 100.0 * (p.peakTotal() - m.peakTotal()) / m.peakTotal()));
         System.out.println(line);
-        assertEquals(m.peak(MemoryCategory.PARAMETERS), p.peak(MemoryCategory.PARAMETERS), "parameters: " + line);
+        assertWithin(0.10, p.peak(MemoryCategory.PARAMETERS), m.peak(MemoryCategory.PARAMETERS), "parameters: " + line);
         assertEquals(m.peak(MemoryCategory.GRADIENTS), p.peak(MemoryCategory.GRADIENTS), "gradients: " + line);
-        assertEquals(m.peak(MemoryCategory.OPTIMIZER_STATE), p.peak(MemoryCategory.OPTIMIZER_STATE), "optimizer state: " + line);
+        assertWithin(0.10, p.peak(MemoryCategory.OPTIMIZER_STATE), m.peak(MemoryCategory.OPTIMIZER_STATE), "optimizer state: " + line);
         assertWithin(0.10, p.peak(MemoryCategory.ACTIVATIONS), m.peak(MemoryCategory.ACTIVATIONS), "activations: " + line);
         assertWithin(0.10, p.peak(MemoryCategory.TEMPORARIES), m.peak(MemoryCategory.TEMPORARIES), "temporaries: " + line);
         assertWithin(0.10, p.peakTotal(), m.peakTotal(), "total: " + line);
@@ -101,6 +118,52 @@ class MemoryPlannerTest {
     void selectiveRecomputeWithinTenPercent() {
         compare(with(SMALL, "train.recompute=selective"));
         compare(with(WIDE_HEADS, "train.recompute=selective"));
+    }
+
+    // four blocks, one prefetched ahead: offload keeps two of them resident, so it shows in every category it touches
+    private static final String[] OFFLOAD = {"model.n_layer=4", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "train.batch_size=4",
+            "model.dropout=0.0", "train.prefetch_depth=1"};
+
+    @Test
+    void eightBitAdamWWithinTenPercent() {
+        compare(with(SMALL, "optim.optimizer=adamw8bit"));
+        compare(with(WIDE_HEADS, "optim.optimizer=adamw8bit", "train.recompute=full"));
+    }
+
+    @Test
+    void mixedPrecisionWithinTenPercent() {
+        compare(with(SMALL, "train.precision=fp16"));
+        compare(with(SMALL, "train.precision=bf16"));
+        compare(with(WIDE_HEADS, "train.precision=fp16", "train.recompute=selective"));
+        compare(with(WIDE_HEADS, "train.precision=fp16"));
+    }
+
+    @Test
+    void optimizerOffloadWithinTenPercent() {
+        compare(with(OFFLOAD, "train.offload_optimizer=disk"));
+        compare(with(OFFLOAD, "train.offload_optimizer=disk", "optim.optimizer=adamw8bit", "train.precision=bf16"));
+    }
+
+    @Test
+    void parameterAndOptimizerOffloadWithinTenPercent() {
+        compare(with(OFFLOAD, "train.offload_params=disk", "train.offload_optimizer=disk"));
+        compare(with(OFFLOAD, "train.offload_params=disk", "train.offload_optimizer=disk", "train.recompute=full", "train.prefetch_depth=0"));
+        compare(with(OFFLOAD, "train.offload_params=disk", "train.batch_size=2", "train.grad_accum_steps=2"));
+    }
+
+    // Llama: grouped-query attention (4 heads, 2 K/V heads), SwiGLU of width 160; and one wide head (the general attention kernel)
+    private static final String[] LLAMA = {"model.arch=llama", "model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", "model.n_embd=64",
+            "model.intermediate_size=160", "model.block_size=64", "train.batch_size=4", "model.dropout=0.0", "model.bias=false"};
+    private static final String[] LLAMA_WIDE_HEAD = {"model.arch=llama", "model.n_layer=2", "model.n_head=1", "model.n_embd=128",
+            "model.block_size=128", "train.batch_size=2", "model.dropout=0.0", "model.bias=false"};
+
+    @Test
+    void llamaWithinTenPercent() {
+        compare(LLAMA);
+        compare(LLAMA_WIDE_HEAD);
+        compare(with(LLAMA, "train.batch_size=2", "train.grad_accum_steps=2", "optim.optimizer=adamw8bit"));
+        compare(with(LLAMA, "train.precision=fp16"));
+        compare(with(LLAMA_WIDE_HEAD, "train.precision=bf16"));
     }
 
     @Test

@@ -37,7 +37,7 @@ class MemoryTechniquesTest {
         return SmallRuns.config(tmp, "m", 10, o.toArray(String[]::new));
     }
 
-    private static Batch randomBatch(Rng rng, int b, int t) {
+    static Batch randomBatch(Rng rng, int b, int t) {
         int[] x = new int[b * t], y = new int[b * t];
         for (int i = 0; i < x.length; i++) {
             x[i] = rng.nextInt(VOCAB);
@@ -94,7 +94,7 @@ class MemoryTechniquesTest {
         }
     }
 
-    private static Batch concat(List<Batch> parts) {
+    static Batch concat(List<Batch> parts) {
         int t = parts.getFirst().blockSize(), rows = parts.stream().mapToInt(Batch::batchSize).sum();
         int[] x = new int[rows * t], y = new int[rows * t];
         int at = 0;
@@ -106,13 +106,13 @@ class MemoryTechniquesTest {
         return new Batch(x, y, rows, t);
     }
 
-    private static Map<String, float[]> weights(Gpt model) {
+    static Map<String, float[]> weights(Gpt model) {
         Map<String, float[]> out = new LinkedHashMap<>();
         model.namedParameters().forEach((k, p) -> out.put(k, p.toFloatArray()));
         return out;
     }
 
-    private static double maxDiff(Map<String, float[]> a, Map<String, float[]> b) {
+    static double maxDiff(Map<String, float[]> a, Map<String, float[]> b) {
         double m = 0;
         for (var e : a.entrySet()) {
             float[] x = e.getValue(), y = b.get(e.getKey());

@@ -139,6 +139,71 @@ class MixedPrecisionTest {
         }
     }
 
+    /**
+     * Accumulation under fp16: an injected overflow (it scales every micro-batch's loss) overflows the accumulated
+     * gradient, so exactly the same whole steps are skipped and the scale follows the same sequence as without
+     * accumulation; training recovers.
+     */
+    @Test
+    void accumulatedOverflowsSkipWholeStepsAndRecover() {
+        Trainer.Result r = SmallRuns.train(tmp, "fp16-accum", 30, false, with(FP16, "train.batch_size=2", "train.grad_accum_steps=2"));
+        List<JsonNode> steps = SmallRuns.steps(r);
+        List<Long> overflowed = new ArrayList<>();
+        for (JsonNode s : steps) if (s.path("overflow").asBoolean(false)) overflowed.add(s.get("step").asLong());
+        assertEquals(List.of(8L, 9L, 10L), overflowed);
+        assertEquals(65536.0 / 4, steps.get(9).get("loss_scale").asDouble(), "three backoffs from 2^17");
+        assertEquals(4 * 65536.0, steps.getLast().get("loss_scale").asDouble(), "grown again, as without accumulation");
+        double first = steps.getFirst().get("loss").asDouble(), last = steps.getLast().get("loss").asDouble();
+        assertTrue(last < first - 0.3, "loss fell from " + first + " to " + last);
+    }
+
+    /**
+     * Four micro-batches of 2 under fp16/bf16 update like one batch of the same 8 rows (SGD, clipping active, 3 steps):
+     * the same mean loss, and a gradient norm and weights that differ only by where the half-precision rounding of the
+     * gradients falls (the running sum rounded after each micro-batch vs the whole sum once: ~2^-11 relative per element
+     * for fp16, ~2^-8 for bf16). Bounds: the norm within 0.2% (fp16) / 1% (bf16); the weights' difference at most 1/100
+     * (fp16) / 1/20 (bf16) of how far they moved, while one micro-batch alone lands farther away than that.
+     */
+    @Test
+    void accumulationUnderHalfPrecisionUpdatesLikeOneLargerBatch() {
+        for (String p : List.of("fp16", "bf16")) {
+            dev.kiln.train.config.RunConfig cfg = SmallRuns.config(tmp, "acc-" + p, 10, "model.vocab_size=65", "train.precision=" + p,
+                    "optim.optimizer=sgd", "optim.momentum=0.9");
+            var accumulated = (dev.kiln.nn.models.Gpt) RunSetup.buildModel(cfg);
+            var large = (dev.kiln.nn.models.Gpt) RunSetup.buildModel(cfg);
+            var single = (dev.kiln.nn.models.Gpt) RunSetup.buildModel(cfg);
+            var oa = RunSetup.optimizer(cfg, accumulated);
+            var ol = RunSetup.optimizer(cfg, large);
+            var os = RunSetup.optimizer(cfg, single);
+            var init = MemoryTechniquesTest.weights(large);
+            dev.kiln.tensor.Rng rng = new dev.kiln.tensor.Rng(11);
+            double tol = p.equals("fp16") ? 0.002 : 0.01;
+            for (int step = 0; step < 3; step++) {
+                List<dev.kiln.data.Batch> micro = new ArrayList<>();
+                for (int i = 0; i < 4; i++) micro.add(MemoryTechniquesTest.randomBatch(rng, 2, 32));
+                TrainStep.StepResult ra = GradAccumulation.step(accumulated, oa, micro, 0.1, 0.5, 0, 0, 1.0);
+                TrainStep.StepResult rl = TrainStep.step(large, ol, MemoryTechniquesTest.concat(micro), 0.1, 0.5, 0, 0, 1.0);
+                GradAccumulation.step(single, os, micro.subList(0, 1), 0.1, 0.5, 0, 0, 1.0);
+                assertFalse(ra.overflow() || rl.overflow(), p + ": no overflow at step " + step);
+                assertEquals(rl.loss(), ra.loss(), 1e-5, p + ": mean loss over the micro-batches");
+                assertEquals(rl.gradNorm(), ra.gradNorm(), tol * rl.gradNorm(), p + ": the norm clipping sees");
+                assertTrue(rl.gradNorm() > 0.5, "clipping is active");
+            }
+            double moved = MemoryTechniquesTest.maxDiff(init, MemoryTechniquesTest.weights(large)),
+                    diff = MemoryTechniquesTest.maxDiff(MemoryTechniquesTest.weights(accumulated), MemoryTechniquesTest.weights(large)),
+                    control = MemoryTechniquesTest.maxDiff(MemoryTechniquesTest.weights(single), MemoryTechniquesTest.weights(large));
+            System.out.printf("%s: accumulated vs large batch %.3g, weights moved %.3g, one micro-batch alone %.3g%n", p, diff, moved, control);
+            double bound = p.equals("fp16") ? 0.01 : 0.05;
+            assertTrue(diff <= bound * moved && control > diff, p + ": accumulated vs large " + diff + ", moved " + moved + ", one micro-batch alone " + control);
+        }
+    }
+
+    private static String[] with(String[] base, String... more) {
+        List<String> o = new ArrayList<>(List.of(base));
+        o.addAll(List.of(more));
+        return o.toArray(String[]::new);
+    }
+
     @Test
     void badSettingsAreNamed() {
         var e = assertThrows(ConfigException.class, () -> SmallRuns.config(tmp, "x", 5, "faults.overflow_steps=3"));

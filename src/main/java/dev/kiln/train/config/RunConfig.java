@@ -222,8 +222,6 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
             fail("train.recompute", "is implemented for model.arch gpt only, got " + t.recompute() + " with model.arch llama", "model.arch");
         positive("train.grad_accum_steps", t.grad_accum_steps());
         validatePrecision(t, faults, growth);
-        if (t.grad_accum_steps() > 1 && !t.precision().equals("fp32"))
-            fail("train.grad_accum_steps", "cannot be combined with train.precision " + t.precision() + " yet (loss scaling runs per step, not per micro-batch)", "train.precision");
         if (m.llama() && (!t.offload_params().equals("none") || !t.offload_optimizer().equals("none")))
             fail(!t.offload_params().equals("none") ? "train.offload_params" : "train.offload_optimizer", "is implemented for model.arch gpt only", "model.arch");
 
