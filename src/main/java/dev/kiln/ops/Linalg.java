@@ -30,7 +30,7 @@ public final class Linalg {
         int[] outShape = Arrays.copyOf(batchShape, batchShape.length + 2);
         outShape[batchShape.length] = m;
         outShape[batchShape.length + 1] = n;
-        Tensor out = Tensor.empty(a.dtype(), outShape);
+        Tensor out = Tensor.empty(a.device(), a.dtype(), outShape);
         Backend be = Backend.of(a);
         be.gemm(batch, m, n, k, 1.0, mat(A), mat(B), 0.0, mat(out));
         return Tape.record(out, (g, grads) -> {
@@ -70,7 +70,7 @@ public final class Linalg {
         int rows = Math.toIntExact(x.numel() / in);
         int[] outShape = x.shape();
         outShape[outShape.length - 1] = outF;
-        Tensor out = Tensor.empty(x.dtype(), outShape);
+        Tensor out = Tensor.empty(x.device(), x.dtype(), outShape);
         Backend be = Backend.of(x);
         Mat xm = new Mat(xc, xc.offset(), 0, in, 1);
         Mat wt = new Mat(w, w.offset(), 0, 1, w.stride(0)); // element (k, j) = W[j, k]

@@ -199,7 +199,7 @@ public final class Gpt extends CausalLm {
         for (int i = 0; i < t; i++) pos[i] = i;
         UnitHook hook = unitHook;
         if (hook != null) hook.enter(-1);
-        Tensor x = Arith.add(wte.forward(idx), wpe.forward(Tensor.ofInts(pos, t)));
+        Tensor x = Arith.add(wte.forward(idx), wpe.forward(Tensor.ofInts(idx.device(), pos, t)));
         x = drop.forward(x);
         boolean planned = keep != null && isTraining(); // layer drop: training only, never in eval
         for (int i = 0; i < blocks.size(); i++) {
