@@ -35,7 +35,7 @@ public final class DevicePlacement {
         var tc = cfg.train();
         List<String> out = new ArrayList<>();
         if (cfg.model().llama()) out.add("model.arch llama");
-        if (!tc.precision().equals("fp32")) out.add("train.precision " + tc.precision());
+        if (tc.precision().equals("fp16")) out.add("train.precision fp16 (bf16 is)");
         if (!cfg.optim().optimizer().equals("adamw")) out.add("optim.optimizer " + cfg.optim().optimizer() + " (adamw is)");
         if (!tc.offload_params().equals("none") || !tc.offload_optimizer().equals("none")) out.add("train.offload_params/offload_optimizer");
         if (!tc.recompute().equals("none")) out.add("train.recompute " + tc.recompute());
