@@ -107,7 +107,7 @@ public final class Trainer {
         OptimConfig oc = cfg.optim();
         CpuBackend.configure(tc.threads());
         Device device = DevicePlacement.of(cfg);   // before anything is written: no GPU, or what does not run there, is one line
-        memory = MemoryPeaks.start();
+        memory = MemoryPeaks.start(device);
         // under mpirun rank 0 prepares the data cache first, then the other ranks open it
         PreparedData data = ParallelRun.leadFirst(() -> Workspace.prepareData(cfg.data()));
         // a mixture: every member's training shard (member 0 is `data`: its validation split and tokenizer are the run's)
