@@ -3,6 +3,7 @@ package dev.kiln.ops;
 import dev.kiln.autograd.Tape;
 import dev.kiln.backend.Backend;
 import dev.kiln.backend.Backend.BinaryOp;
+import dev.kiln.tensor.DType;
 import dev.kiln.tensor.Device;
 import dev.kiln.tensor.Rng;
 import dev.kiln.tensor.Tensor;
@@ -69,7 +70,8 @@ public final class Activations {
         } else { // drawn on the host in the same order (the same masks as on the CPU), uploaded from a Java array
             float[] m = new float[Math.toIntExact(x.numel())];
             for (int i = 0; i < m.length; i++) m[i] = rng.nextDouble() < p ? 0 : (float) keep;
-            mask = Tensor.of(x.device(), m, x.shape()).to(x.dtype());
+            Tensor m32 = Tensor.of(x.device(), m, x.shape());
+            mask = x.dtype() == DType.F32 ? m32 : m32.to(x.dtype());
         }
         Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
         Backend be = Backend.of(x);

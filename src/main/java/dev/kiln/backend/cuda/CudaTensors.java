@@ -41,7 +41,11 @@ final class CudaTensors implements DeviceTensors {
 
     @Override
     public void copy(Tensor src, Tensor dst) {
-        if (!dst.isContiguous()) { // a permuted view (e.g. a transposed weight in Hugging Face layout): copy in its storage order
+        if (!dst.isContiguous() && dst.device().kind() == Device.Kind.CPU) { // any host view: a host copy, then the host's strided copy
+            dst.copyFrom(src.cpu());
+            return;
+        }
+        if (!dst.isContiguous()) { // a permuted device view (e.g. a transposed weight in Hugging Face layout): copy in its storage order
             int[] order = storageOrder(dst);
             if (order == null || !dst.permuteView(order).isContiguous())
                 throw new IllegalArgumentException("copy into a strided view " + dst.shapeString() + " with strides "

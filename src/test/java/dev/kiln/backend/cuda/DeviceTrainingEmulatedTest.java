@@ -104,7 +104,9 @@ class DeviceTrainingEmulatedTest {
     @Test
     void deviceCheckpointResumesOnTheDeviceAndLoadsOnTheCpu(@TempDir Path tmp) {
         // short runs: every emulated kernel launch runs on the host's threads
-        String[] dev = {"train.device=cuda:0", "train.checkpoint_interval=3", "train.sample_tokens=0", "train.final_eval_iters=2"};
+        // with dropout: its masks (drawn on the host, uploaded) and their generator's state resume too
+        String[] dev = {"train.device=cuda:0", "train.checkpoint_interval=3", "train.sample_tokens=0", "train.final_eval_iters=2",
+                "model.dropout=0.1"};
         Trainer.Result whole = SmallRuns.train(tmp, "whole", 6, false, dev);
         Trainer.Result first = SmallRuns.train(tmp, "split", 3, false, dev);
         Trainer.Result rest = SmallRuns.train(tmp, "split", 6, true, dev);
