@@ -52,6 +52,25 @@ public final class DevicePlacement {
         return out;
     }
 
+    /**
+     * For evaluation and sampling ({@code kiln eval/sample --device}): {@code spec} parsed, the device opened and the
+     * model moved there; a bad spec, a missing GPU or a model that does not run there is one line.
+     */
+    public static Device placeForInference(CausalLm model, String spec) {
+        Device device;
+        try {
+            device = Device.parse(spec);
+        } catch (IllegalArgumentException e) {
+            throw new TrainingException("--device " + e.getMessage());
+        }
+        if (device.kind() == Device.Kind.CPU) return device;
+        if (model instanceof dev.kiln.nn.models.Llama)
+            throw new TrainingException("--device " + device + ": model.arch llama does not run on a GPU yet; use --device cpu");
+        Devices.requireTrainable(device);
+        place(model, device);
+        return device;
+    }
+
     /** Moves the model's parameters to {@code device} (nothing on the CPU). */
     public static void place(CausalLm model, Device device) {
         if (!model.device().equals(device)) model.to(device);

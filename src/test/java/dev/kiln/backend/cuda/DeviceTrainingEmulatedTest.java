@@ -122,6 +122,17 @@ class DeviceTrainingEmulatedTest {
         assertEquals(0, eval.code(), eval.err());
         double cpuVal = Double.parseDouble(eval.out().replaceAll("(?s).*?val loss ([0-9.]+).*", "$1"));
         assertEquals(whole.finalValLoss(), cpuVal, FP32_LOSS_TOL + 5e-5, eval.out()); // kiln eval prints 4 decimals
+        // and on the device: the run's own final evaluation, to the 4 decimals printed
+        SmallRuns.Cli evalDev = SmallRuns.cli("eval", "--run", whole.runDir().toString(), "--batches", "2", "--device", "cuda:0");
+        assertEquals(0, evalDev.code(), evalDev.err());
+        assertEquals(whole.finalValLoss(), Double.parseDouble(evalDev.out().replaceAll("(?s).*?val loss ([0-9.]+).*", "$1")), 5.1e-5, evalDev.out());
+        // kiln sample on the device, greedy: the same text as on the CPU (logits a few ulps apart do not change an argmax here)
+        String[] greedy = {"sample", "--run", whole.runDir().toString(), "--tokens", "12", "--temperature", "0"};
+        SmallRuns.Cli cpuText = SmallRuns.cli(greedy);
+        SmallRuns.Cli devText = SmallRuns.cli(java.util.stream.Stream.concat(java.util.Arrays.stream(greedy), java.util.stream.Stream.of("--device", "cuda:0"))
+                .toArray(String[]::new));
+        assertEquals(0, devText.code(), devText.err());
+        assertEquals(cpuText.out(), devText.out());
     }
 
     @Test
