@@ -60,7 +60,7 @@ public final class Checkpoint {
             Tensor input = x.isContiguous() ? x.view(x.shape()) : x.contiguous();
             if (wantsX) {
                 input.requiresGrad(true);
-                input.setGrad(Tensor.zeros(x.dtype(), x.shape())); // scope-owned, so freed with the recomputation
+                input.setGrad(Tensor.zeros(x.device(), x.dtype(), x.shape())); // scope-owned, so freed with the recomputation
             }
             Tensor y;
             try (var a = MemoryTracker.attribute(MemoryCategory.ACTIVATIONS)) {

@@ -154,7 +154,7 @@ public final class Tape {
     /** Backpropagates from a scalar {@code loss} (seed 1). */
     public static void backward(Tensor loss) {
         if (loss.numel() != 1) throw new IllegalArgumentException("backward() needs a scalar loss, got " + loss.shapeString());
-        Tensor seed = Tensor.full(1.0, loss.dtype(), loss.shape());
+        Tensor seed = Tensor.full(1.0, loss.device(), loss.dtype(), loss.shape());
         backward(loss, seed);
     }
 
@@ -225,7 +225,7 @@ public final class Tape {
                 Tensor g = t.grad();
                 if (g == null) {
                     try (var s = MemoryScope.persistent(); var a = MemoryTracker.attribute(MemoryCategory.GRADIENTS)) {
-                        g = Tensor.zeros(t.dtype(), t.shape());
+                        g = Tensor.zeros(t.device(), t.dtype(), t.shape());
                     }
                     t.setGrad(g);
                 }
@@ -233,7 +233,7 @@ public final class Tape {
             }
             Tensor g = interior.get(t);
             if (g == null) {
-                g = Tensor.zeros(t.dtype(), t.shape());
+                g = Tensor.zeros(t.device(), t.dtype(), t.shape());
                 interior.put(t, g);
             }
             return g;

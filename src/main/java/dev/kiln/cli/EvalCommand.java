@@ -5,6 +5,7 @@ import dev.kiln.data.TokenShard;
 import dev.kiln.optim.WeightAverage;
 import dev.kiln.tensor.Tensor;
 import dev.kiln.train.CheckpointStore;
+import dev.kiln.train.DevicePlacement;
 import dev.kiln.train.RunSetup;
 import dev.kiln.train.Evaluation;
 import dev.kiln.train.TrainingException;
@@ -29,6 +30,9 @@ final class EvalCommand implements Callable<Integer> {
             description = "which weights to evaluate: model (the trained weights), ema, swa or lawa (an average kept by the run; default: ${DEFAULT-VALUE})")
     String weights;
 
+    @Option(names = "--device", defaultValue = "cpu", description = "cpu, cuda or cuda:N: where to evaluate (default: ${DEFAULT-VALUE})")
+    String device;
+
     @Option(names = "--debug", description = "print stack traces of errors")
     boolean debug;
 
@@ -36,6 +40,7 @@ final class EvalCommand implements Callable<Integer> {
     public Integer call() {
         RunCheckpoint rc = RunCheckpoint.load(run);
         if (!weights.equals("model")) useAverage(rc, weights);
+        DevicePlacement.placeForInference(rc.model(), device);
         PreparedData data = Workspace.prepareData(rc.config().data());
         int n = batches != null ? batches : rc.config().train().final_eval_iters();
         try (TokenShard val = data.openVal()) {

@@ -28,12 +28,16 @@ final class SampleCommand implements Callable<Integer> {
     @Option(names = "--seed", defaultValue = "1337")
     long seed;
 
+    @Option(names = "--device", defaultValue = "cpu", description = "cpu, cuda or cuda:N: where to run the model (default: ${DEFAULT-VALUE})")
+    String device;
+
     @Option(names = "--debug", description = "print stack traces of errors")
     boolean debug;
 
     @Override
     public Integer call() {
         RunCheckpoint rc = RunCheckpoint.load(run);
+        dev.kiln.train.DevicePlacement.placeForInference(rc.model(), device);
         int[] seq = Generator.generate(rc.model(), rc.tokenizer().encode(prompt), tokens, temperature, topK, new Rng(seed));
         System.out.println(rc.tokenizer().decode(seq));
         return 0;

@@ -102,6 +102,12 @@ public abstract class Module {
         for (var e : mine.entrySet()) e.getValue().copyFrom(state.get(e.getKey()));
     }
 
+    /** Moves every parameter to {@code device} in place (see {@link Parameter#moveTo}); returns this module. */
+    public Module to(dev.kiln.tensor.Device device) {
+        for (Parameter p : parameters()) p.moveTo(device);
+        return this;
+    }
+
     public void zeroGrad() {
         for (Parameter p : parameters()) p.zeroGrad();
     }

@@ -3,6 +3,8 @@ package dev.kiln.ops;
 import dev.kiln.autograd.Tape;
 import dev.kiln.backend.Backend;
 import dev.kiln.backend.Backend.BinaryOp;
+import dev.kiln.tensor.DType;
+import dev.kiln.tensor.Device;
 import dev.kiln.tensor.Rng;
 import dev.kiln.tensor.Tensor;
 
@@ -12,7 +14,7 @@ public final class Activations {
 
     public static Tensor gelu(Tensor x) {
         Tensor xc = x.contiguous();
-        Tensor out = Tensor.empty(x.dtype(), x.shape());
+        Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
         Backend be = Backend.of(x);
         be.gelu(xc, out);
         return Tape.record(out, (g, grads) -> {
@@ -23,7 +25,7 @@ public final class Activations {
     /** silu(x) = x·σ(x) (a.k.a. swish). */
     public static Tensor silu(Tensor x) {
         Tensor xc = x.contiguous();
-        Tensor out = Tensor.empty(x.dtype(), x.shape());
+        Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
         Backend be = Backend.of(x);
         be.silu(xc, out);
         return Tape.record(out, (g, grads) -> {
@@ -35,7 +37,7 @@ public final class Activations {
     public static Tensor swiglu(Tensor gate, Tensor up) {
         if (!gate.sameShape(up)) throw new IllegalArgumentException("swiglu needs gate and up of equal shape, got " + gate.shapeString() + " and " + up.shapeString());
         Tensor gc = gate.contiguous(), uc = up.contiguous();
-        Tensor out = Tensor.empty(gate.dtype(), gate.shape());
+        Tensor out = Tensor.empty(gate.device(), gate.dtype(), gate.shape());
         Backend be = Backend.of(gate);
         be.swiglu(gc, uc, out);
         return Tape.record(out, (g, grads) -> be.swigluBackward(gc, uc, g,
@@ -44,7 +46,7 @@ public final class Activations {
 
     public static Tensor softmax(Tensor x) {
         Tensor xc = x.contiguous();
-        Tensor out = Tensor.empty(x.dtype(), x.shape());
+        Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
         Backend be = Backend.of(x);
         be.softmax(xc, out, false);
         return Tape.record(out, (g, grads) -> {
@@ -59,16 +61,24 @@ public final class Activations {
     public static Tensor dropout(Tensor x, double p, boolean training, Rng rng) {
         if (!training || p == 0) return x;
         if (p < 0 || p >= 1) throw new IllegalArgumentException("dropout probability must be in [0, 1), got " + p);
-        Tensor mask = Tensor.empty(x.dtype(), x.shape());
         double keep = 1.0 / (1 - p);
-        long n = mask.numel();
-        for (long i = 0; i < n; i++) mask.setFlat(i, rng.nextDouble() < p ? 0 : keep);
-        Tensor out = Tensor.empty(x.dtype(), x.shape());
+        Tensor mask;
+        if (x.device().kind() == Device.Kind.CPU) {
+            mask = Tensor.empty(x.dtype(), x.shape());
+            long n = mask.numel();
+            for (long i = 0; i < n; i++) mask.setFlat(i, rng.nextDouble() < p ? 0 : keep);
+        } else { // drawn on the host in the same order (the same masks as on the CPU), uploaded from a Java array
+            float[] m = new float[Math.toIntExact(x.numel())];
+            for (int i = 0; i < m.length; i++) m[i] = rng.nextDouble() < p ? 0 : (float) keep;
+            Tensor m32 = Tensor.of(x.device(), m, x.shape());
+            mask = x.dtype() == DType.F32 ? m32 : m32.to(x.dtype());
+        }
+        Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
         Backend be = Backend.of(x);
         be.binary(BinaryOp.MUL, x, mask, out);
         return Tape.record(out, (g, grads) -> {
             if (!grads.wants(x)) return;
-            Tensor t = Tensor.empty(x.dtype(), x.shape());
+            Tensor t = Tensor.empty(x.device(), x.dtype(), x.shape());
             be.binary(BinaryOp.MUL, g, mask, t);
             be.accumulate(grads.buffer(x), t);
         }, x);

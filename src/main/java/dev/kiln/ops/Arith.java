@@ -44,7 +44,7 @@ public final class Arith {
         if (a.dtype() != b.dtype()) throw new IllegalArgumentException(op + " of " + a.dtype() + " and " + b.dtype());
         int[] shape = Shape.broadcast(a.shape(), b.shape());
         Tensor ae = a.expandView(shape), bx = b.expandView(shape);
-        Tensor out = Tensor.empty(a.dtype(), shape);
+        Tensor out = Tensor.empty(a.device(), a.dtype(), shape);
         Backend be = Backend.of(a);
         if (op == BinaryOp.ADD && a.isContiguous() && a.sameShape(out) && isTrailing(b, shape)) {
             // x + y with y broadcast over leading dimensions (bias, positions): copy rows of y, add x
@@ -94,7 +94,7 @@ public final class Arith {
     }
 
     private static Tensor tmp(Backend be, BinaryOp op, Tensor x, Tensor y) {
-        Tensor out = Tensor.empty(x.dtype(), x.shape());
+        Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
         be.binary(op, x, y, out);
         return out;
     }

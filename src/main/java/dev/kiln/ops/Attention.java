@@ -21,22 +21,22 @@ public final class Attention {
         double scale = 1.0 / Math.sqrt(d);
         Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
         Backend be = Backend.of(q);
-        Tensor scores = Tensor.empty(q.dtype(), b, h, t, t);
+        Tensor scores = Tensor.empty(q.device(), q.dtype(), b, h, t, t);
         // S = scale · Q·Kᵀ ; P = causal-softmax(S) ; O = P·V
         be.gemm(bh, t, t, d, scale, rows(qc, t, d), rows(kc, t, d).transpose(), 0, rows(scores, t, t));
-        Tensor probs = Tensor.empty(q.dtype(), b, h, t, t);
+        Tensor probs = Tensor.empty(q.device(), q.dtype(), b, h, t, t);
         be.softmax(scores, probs, true);
         scores.release();
-        Tensor out = Tensor.empty(q.dtype(), b, h, t, d);
+        Tensor out = Tensor.empty(q.device(), q.dtype(), b, h, t, d);
         be.gemm(bh, t, d, t, 1.0, rows(probs, t, t), rows(vc, t, d), 0, rows(out, t, d));
         return Tape.record(out, (g, grads) -> {
             Mat gm = rows(g, t, d), pm = rows(probs, t, t);
             if (grads.wants(v)) // dV = Pᵀ·dO
                 be.gemm(bh, t, d, t, 1.0, pm.transpose(), gm, 1.0, rows(grads.buffer(v), t, d));
             if (!grads.wants(q) && !grads.wants(k)) return;
-            Tensor dp = Tensor.empty(q.dtype(), b, h, t, t); // dP = dO·Vᵀ
+            Tensor dp = Tensor.empty(q.device(), q.dtype(), b, h, t, t); // dP = dO·Vᵀ
             be.gemm(bh, t, t, d, 1.0, gm, rows(vc, t, d).transpose(), 0, rows(dp, t, t));
-            Tensor ds = Tensor.zeros(q.dtype(), b, h, t, t); // dS = P ⊙ (dP − Σ P·dP); masked P = 0 ⇒ dS = 0
+            Tensor ds = Tensor.zeros(q.device(), q.dtype(), b, h, t, t); // dS = P ⊙ (dP − Σ P·dP); masked P = 0 ⇒ dS = 0
             be.softmaxBackward(probs, dp, ds);
             dp.release();
             if (grads.wants(q)) // dQ = scale · dS·K
@@ -57,8 +57,8 @@ public final class Attention {
             throw new IllegalArgumentException("packed attention needs (B, T, 3C) with C divisible by " + nHead + " heads, got " + qkv.shapeString());
         int b = qkv.size(0), t = qkv.size(1), c = qkv.size(2) / 3;
         Tensor x = qkv.contiguous();
-        Tensor out = Tensor.empty(qkv.dtype(), b, t, c);
-        Tensor probs = Tensor.empty(qkv.dtype(), b, nHead, t, t);
+        Tensor out = Tensor.empty(qkv.device(), qkv.dtype(), b, t, c);
+        Tensor probs = Tensor.empty(qkv.device(), qkv.dtype(), b, nHead, t, t);
         Backend be = Backend.of(qkv);
         be.attention(x, nHead, out, probs);
         return Tape.record(out, (g, grads) -> {
@@ -84,20 +84,20 @@ public final class Attention {
             throw new IllegalArgumentException("grouped-query attention: q width " + c + " for " + nHead + " heads and k width " + k.size(2)
                     + " for " + nKvHead + " heads do not give one head size");
         int d = c / nHead, group = nHead / nKvHead;
-        Tensor qkv = Tensor.empty(q.dtype(), b, t, 3 * c);
+        Tensor qkv = Tensor.empty(q.device(), q.dtype(), b, t, 3 * c);
         qkv.sliceView(2, 0, c).copyFrom(q);
         for (int h = 0; h < nHead; h++) { // query head h reads K/V head h / group
             int kv = h / group;
             qkv.sliceView(2, c + h * d, c + (h + 1) * d).copyFrom(k.sliceView(2, kv * d, (kv + 1) * d));
             qkv.sliceView(2, 2 * c + h * d, 2 * c + (h + 1) * d).copyFrom(v.sliceView(2, kv * d, (kv + 1) * d));
         }
-        Tensor out = Tensor.empty(q.dtype(), b, t, c);
-        Tensor probs = Tensor.empty(q.dtype(), b, nHead, t, t);
+        Tensor out = Tensor.empty(q.device(), q.dtype(), b, t, c);
+        Tensor probs = Tensor.empty(q.device(), q.dtype(), b, nHead, t, t);
         Backend be = Backend.of(q);
         be.attention(qkv, nHead, out, probs);
         return Tape.record(out, (g, grads) -> {
             if (!grads.wants(q) && !grads.wants(k) && !grads.wants(v)) return;
-            Tensor gqkv = Tensor.zeros(q.dtype(), b, t, 3 * c);
+            Tensor gqkv = Tensor.zeros(q.device(), q.dtype(), b, t, 3 * c);
             be.attentionBackward(qkv, nHead, probs, g, gqkv);
             if (grads.wants(q)) be.accumulate(grads.buffer(q), gqkv.sliceView(2, 0, c));
             for (int h = 0; h < nHead; h++) { // the group's gradients add up in its K/V head

@@ -18,7 +18,7 @@ public final class Embeddings {
         int[] shape = Arrays.copyOf(idx.shape(), idx.dim() + 1);
         shape[idx.dim()] = c;
         Tensor ic = idx.contiguous();
-        Tensor out = Tensor.empty(weight.dtype(), shape);
+        Tensor out = Tensor.empty(weight.device(), weight.dtype(), shape);
         Backend be = Backend.of(weight);
         int n = Math.toIntExact(idx.numel());
         be.embedding(ic.view(n), weight, out.view(n, c));

@@ -39,7 +39,7 @@ public final class FakeQuant {
 
     private static Tensor scales(Tensor x, int rows, int bits) {
         int qmax = qmax(bits);
-        Tensor s = Tensor.empty(x.dtype(), rows);
+        Tensor s = Tensor.empty(x.device(), x.dtype(), rows);
         Backend.of(x).rowMaxAbs(x.contiguous(), s);
         for (int r = 0; r < rows; r++) s.setFlat(r, s.getFlat(r) / qmax); // rounded into the dtype here, once
         return s;
@@ -54,7 +54,7 @@ public final class FakeQuant {
         if (x.numel() % scales.numel() != 0)
             throw new IllegalArgumentException("fake quantisation: " + scales.numel() + " scales do not divide " + x.shapeString());
         Tensor xc = x.contiguous(), sc = scales.contiguous();
-        Tensor out = Tensor.empty(x.dtype(), x.shape());
+        Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
         Backend be = Backend.of(x);
         be.fakeQuant(xc, sc, qmax, out);
         return Tape.record(out, (g, grads) -> {

@@ -3,6 +3,7 @@ package dev.kiln.ops;
 import dev.kiln.autograd.Tape;
 import dev.kiln.backend.Backend;
 import dev.kiln.backend.Backend.Mat;
+import dev.kiln.tensor.DType;
 import dev.kiln.tensor.Shape;
 import dev.kiln.tensor.Tensor;
 
@@ -30,7 +31,7 @@ public final class Linalg {
         int[] outShape = Arrays.copyOf(batchShape, batchShape.length + 2);
         outShape[batchShape.length] = m;
         outShape[batchShape.length + 1] = n;
-        Tensor out = Tensor.empty(a.dtype(), outShape);
+        Tensor out = Tensor.empty(a.device(), a.dtype(), outShape);
         Backend be = Backend.of(a);
         be.gemm(batch, m, n, k, 1.0, mat(A), mat(B), 0.0, mat(out));
         return Tape.record(out, (g, grads) -> {
@@ -66,11 +67,13 @@ public final class Linalg {
             throw new IllegalArgumentException("linear: input " + x.shapeString() + " does not match weight " + w.shapeString());
         if (bias != null && (bias.dim() != 1 || bias.size(0) != outF))
             throw new IllegalArgumentException("linear: bias " + bias.shapeString() + " does not match weight " + w.shapeString());
+        DType cast = Autocast.matmulDtype(x);
+        if (cast != null) return linearCast(x, w, bias, cast);
         Tensor xc = x.contiguous();
         int rows = Math.toIntExact(x.numel() / in);
         int[] outShape = x.shape();
         outShape[outShape.length - 1] = outF;
-        Tensor out = Tensor.empty(x.dtype(), outShape);
+        Tensor out = Tensor.empty(x.device(), x.dtype(), outShape);
         Backend be = Backend.of(x);
         Mat xm = new Mat(xc, xc.offset(), 0, in, 1);
         Mat wt = new Mat(w, w.offset(), 0, 1, w.stride(0)); // element (k, j) = W[j, k]
@@ -88,6 +91,32 @@ public final class Linalg {
                 be.gemm(1, outF, in, rows, 1.0, gm.transpose(), xm, 1.0, new Mat(gw, 0, 0, in, 1));
             }
             if (grads.wants(bias)) be.sumRows(g.view(rows, outF), grads.buffer(bias)); // db = Σ_rows dy
+        }, x, w, bias);
+    }
+
+    /**
+     * {@link #linear} under {@link Autocast}: x and W cast to {@code cast} (bf16) for the GEMMs, fp32 out; backward casts
+     * dy likewise, and dx, dW (fp32) accumulate bf16 × bf16 products in fp32. The bf16 copies are what backward keeps.
+     */
+    private static Tensor linearCast(Tensor x, Tensor w, Tensor bias, DType cast) {
+        int in = x.size(-1), outF = w.size(0);
+        int rows = Math.toIntExact(x.numel() / in);
+        Tensor xh = x.contiguous().to(cast), wh = w.contiguous().to(cast);
+        int[] outShape = x.shape();
+        outShape[outShape.length - 1] = outF;
+        Tensor out = Tensor.empty(x.device(), x.dtype(), outShape);
+        Backend be = Backend.of(x);
+        Mat xm = new Mat(xh, 0, 0, in, 1);
+        Mat wt = new Mat(wh, 0, 0, 1, in); // element (k, j) = W[j, k]
+        if (bias != null) be.fillRows(bias, out.view(rows, outF));
+        be.gemm(1, rows, outF, in, 1.0, xm, wt, bias == null ? 0.0 : 1.0, new Mat(out, 0, 0, outF, 1));
+        return Tape.record(out, (g, grads) -> {
+            Tensor gh = g.contiguous().to(cast);
+            Mat gm = new Mat(gh, 0, 0, outF, 1);
+            if (grads.wants(x)) be.gemm(1, rows, in, outF, 1.0, gm, wt.transpose(), 1.0, new Mat(grads.buffer(x), 0, 0, in, 1));
+            if (grads.wants(w)) be.gemm(1, outF, in, rows, 1.0, gm.transpose(), xm, 1.0, new Mat(grads.buffer(w), 0, 0, in, 1));
+            if (grads.wants(bias)) be.sumRows(g.contiguous().view(rows, outF), grads.buffer(bias));
+            gh.release();
         }, x, w, bias);
     }
 

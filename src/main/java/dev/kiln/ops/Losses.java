@@ -3,6 +3,7 @@ package dev.kiln.ops;
 import dev.kiln.autograd.Tape;
 import dev.kiln.backend.Backend;
 import dev.kiln.tensor.DType;
+import dev.kiln.tensor.Device;
 import dev.kiln.tensor.Tensor;
 
 
@@ -45,12 +46,20 @@ public final class Losses {
             throw new IllegalArgumentException("cross-entropy: " + rows + " rows of logits " + logits.shapeString() + " but targets " + targets.shapeString());
         Tensor lc = logits.contiguous(), tc = targets.contiguous();
         int r = Math.toIntExact(rows);
-        Tensor losses = Tensor.empty(logits.dtype(), r), lse = Tensor.empty(logits.dtype(), r);
+        Tensor losses = Tensor.empty(logits.device(), logits.dtype(), r), lse = Tensor.empty(logits.device(), logits.dtype(), r);
         Backend be = Backend.of(logits);
         int count = be.crossEntropy(lc.view(r, v), tc.view(r), ignoreIndex, labelSmoothing, zLoss, losses, lse);
-        double total = 0;
-        for (int i = 0; i < r; i++) total += losses.getFlat(i);
-        Tensor out = Tensor.full(total / count, logits.dtype());
+        Tensor out;
+        if (losses.device().kind() == Device.Kind.CPU) { // summed in double on the host
+            double total = 0;
+            for (int i = 0; i < r; i++) total += losses.getFlat(i);
+            out = Tensor.full(total / count, logits.dtype());
+        } else { // on the device, so only the scalar ever comes back: sum (fp32, row order), then the mean
+            out = Tensor.zeros(losses.device(), losses.dtype(), 1);
+            be.sumRows(losses.view(r, 1), out);
+            be.scale(out, 1.0 / count);
+            out = out.view();
+        }
         return Tape.record(out, (g, grads) -> {
             if (!grads.wants(logits) || count == 0) return;
             Tensor gl = grads.buffer(logits);
@@ -69,7 +78,7 @@ public final class Losses {
         int r = Math.toIntExact(logits.numel() / v);
         if (targets.numel() != r)
             throw new IllegalArgumentException("cross-entropy: " + r + " rows of logits " + logits.shapeString() + " but targets " + targets.shapeString());
-        Tensor losses = Tensor.empty(logits.dtype(), r), lse = Tensor.empty(logits.dtype(), r);
+        Tensor losses = Tensor.empty(logits.device(), logits.dtype(), r), lse = Tensor.empty(logits.device(), logits.dtype(), r);
         Backend.of(logits).crossEntropy(logits.contiguous().view(r, v), targets.contiguous().view(r), ignoreIndex, 0, 0, losses, lse);
         return losses;
     }

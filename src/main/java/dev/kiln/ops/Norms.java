@@ -17,8 +17,8 @@ public final class Norms {
             throw new IllegalArgumentException("layerNorm over " + c + " features with weight " + weight.shapeString());
         Tensor xc = x.contiguous();
         int[] rowShape = Arrays.copyOf(x.shape(), x.dim() - 1);
-        Tensor out = Tensor.empty(x.dtype(), x.shape());
-        Tensor mean = Tensor.empty(x.dtype(), rowShape), rstd = Tensor.empty(x.dtype(), rowShape);
+        Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
+        Tensor mean = Tensor.empty(x.device(), x.dtype(), rowShape), rstd = Tensor.empty(x.device(), x.dtype(), rowShape);
         Backend be = Backend.of(x);
         be.layerNorm(xc, weight, bias, eps, out, mean, rstd);
         return Tape.record(out, (g, grads) -> be.layerNormBackward(xc, weight, mean, rstd, g,
@@ -37,8 +37,8 @@ public final class Norms {
             throw new IllegalArgumentException("rmsNorm over " + c + " features with weight " + weight.shapeString());
         if (!(eps > 0)) throw new IllegalArgumentException("rmsNorm eps must be > 0, got " + eps);
         Tensor xc = x.contiguous();
-        Tensor out = Tensor.empty(x.dtype(), x.shape());
-        Tensor rstd = Tensor.empty(x.dtype(), Arrays.copyOf(x.shape(), x.dim() - 1));
+        Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
+        Tensor rstd = Tensor.empty(x.device(), x.dtype(), Arrays.copyOf(x.shape(), x.dim() - 1));
         Backend be = Backend.of(x);
         be.rmsNorm(xc, weight, eps, out, rstd);
         return Tape.record(out, (g, grads) -> be.rmsNormBackward(xc, weight, rstd, g,

@@ -42,7 +42,7 @@ public final class Reduce {
     private static Tensor reduce(Tensor x, int[] kept, int[] outShape, double scale) {
         Backend be = Backend.of(x);
         int[] xs = x.shape();
-        Tensor acc = Tensor.zeros(x.dtype(), kept);
+        Tensor acc = Tensor.zeros(x.device(), x.dtype(), kept);
         be.accumulate(acc.expandView(xs), x);
         if (scale != 1.0) be.scale(acc, scale);
         Tensor out = acc.view(outShape);

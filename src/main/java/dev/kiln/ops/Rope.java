@@ -55,7 +55,7 @@ public final class Rope {
             throw new IllegalArgumentException("sequence length " + t + " exceeds the " + tables.positions() + " positions of the rotary tables");
         Tensor cos = tables.cos().sliceView(0, 0, t), sin = tables.sin().sliceView(0, 0, t);
         Tensor xc = x.contiguous();
-        Tensor out = Tensor.empty(x.dtype(), x.shape());
+        Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
         Backend be = Backend.of(x);
         be.rope(xc, d, cos, sin, out);
         return Tape.record(out, (g, grads) -> {

@@ -77,7 +77,7 @@ public final class Views {
             total += s[d];
         }
         shape[d] = total;
-        Tensor out = Tensor.empty(first.dtype(), shape);
+        Tensor out = Tensor.empty(first.device(), first.dtype(), shape);
         int[] starts = new int[xs.size()];
         int at = 0;
         for (int i = 0; i < xs.size(); i++) {

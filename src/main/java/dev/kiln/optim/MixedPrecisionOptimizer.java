@@ -2,7 +2,9 @@ package dev.kiln.optim;
 
 import dev.kiln.KilnException;
 import dev.kiln.nn.Parameter;
+import dev.kiln.ops.Autocast;
 import dev.kiln.tensor.DType;
+import dev.kiln.tensor.Device;
 import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.MemoryTracker;
@@ -33,6 +35,11 @@ import java.util.Map;
  * Activations and activation gradients are not rounded (they stay fp32 inside the ops); evaluation uses the fp32
  * master weights. bf16 needs no loss scaling (fp32's exponent range). The scaler's state is part of this
  * optimizer's state dict ("grad_scaler.scale", "grad_scaler.growth_tracker"), so checkpoints resume it exactly.
+ *
+ * <p>On a device (parameters on a GPU) bf16 is real rather than simulated: from {@link #beginStep} to
+ * {@link #endBackward} the thread is under {@link Autocast}, so every Linear multiplies bf16 copies of its input and
+ * weight with fp32 accumulation; the parameters stay fp32 master weights throughout and their gradients fp32 (as
+ * PyTorch's autocast keeps them), so nothing is saved, rounded or restored. fp16 on a device is not implemented.
  */
 public final class MixedPrecisionOptimizer implements Optimizer {
     /** How much an injected fault multiplies the loss scale for one step: overflows fp16 for any gradient above ~1e-12·(1/scale). */
@@ -43,6 +50,8 @@ public final class MixedPrecisionOptimizer implements Optimizer {
     private final GradScaler scaler; // null for bf16
     private final List<Parameter> params = new ArrayList<>();
     private final List<Tensor> master = new ArrayList<>();
+    private final boolean onDevice;   // real bf16 (autocast) instead of simulated rounding
+    private Autocast autocast;        // open from beginStep to endBackward on a device
     private boolean injectOverflow;
 
     public MixedPrecisionOptimizer(Optimizer inner, Map<String, Parameter> trainable, DType half, GradScaler scaler) {
@@ -51,6 +60,12 @@ public final class MixedPrecisionOptimizer implements Optimizer {
         this.inner = inner;
         this.half = half;
         this.scaler = half == DType.F16 ? scaler : null;
+        this.onDevice = trainable.values().stream().anyMatch(p -> p.device().kind() != Device.Kind.CPU);
+        if (onDevice && half != DType.BF16) throw new KilnException("train.precision fp16 is not implemented on a GPU yet (bf16 is)");
+        if (onDevice) {
+            params.addAll(trainable.values());
+            return;
+        }
         // the masters are optimizer state in the memory account (as ZeRO counts fp32 master weights), not temporaries
         try (var s = MemoryScope.persistent(); var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
             for (Parameter p : trainable.values()) {
@@ -85,6 +100,10 @@ public final class MixedPrecisionOptimizer implements Optimizer {
 
     /** Saves the fp32 master weights and rounds the parameters to half precision for forward and backward. */
     public void beginStep() {
+        if (onDevice) {
+            autocast = Autocast.to(half);
+            return;
+        }
         for (int i = 0; i < params.size(); i++) {
             master.get(i).copyFrom(params.get(i));
             roundInPlace(params.get(i), half);
@@ -97,6 +116,11 @@ public final class MixedPrecisionOptimizer implements Optimizer {
      * may clip and {@link #step}. Must follow every {@link #beginStep}, also when backward did not run.
      */
     public boolean endBackward() {
+        if (onDevice) {
+            if (autocast != null) autocast.close();
+            autocast = null;
+            return false;
+        }
         for (int i = 0; i < params.size(); i++) params.get(i).copyFrom(master.get(i));
         injectOverflow = false;
         roundGradients();
@@ -111,6 +135,7 @@ public final class MixedPrecisionOptimizer implements Optimizer {
      * the running sum is held as a half-precision gradient buffer would hold it ({@link #endBackward} rounds the last).
      */
     public void roundGradients() {
+        if (onDevice) return; // autocast keeps fp32 gradients (as PyTorch's does)
         for (Parameter p : params) if (p.grad() != null) roundInPlace(p.grad(), half);
     }
 

@@ -13,7 +13,7 @@ import java.util.Map;
  */
 public final class HostAllocator {
     private static final Map<Long, ArrayDeque<MemorySegment>> FREE = new HashMap<>();
-    private static long bytesInUse, bytesCached, peakInUse, fresh;
+    private static long bytesInUse, bytesCached, peakInUse, fresh, allocations;
     private static long limit = Long.MAX_VALUE;
 
     private HostAllocator() {}
@@ -42,6 +42,7 @@ public final class HostAllocator {
             bytesCached -= size;
         }
         bytesInUse += size;
+        allocations++;
         peakInUse = Math.max(peakInUse, bytesInUse);
         return seg;
     }
@@ -95,6 +96,11 @@ public final class HostAllocator {
 
     public static synchronized long bytesCached() {
         return bytesCached;
+    }
+
+    /** How many host blocks were handed out so far, from the cache or the system: every host tensor's memory is one. */
+    public static synchronized long allocations() {
+        return allocations;
     }
 
     /** How many blocks were obtained from the system (not from the cache) so far. */

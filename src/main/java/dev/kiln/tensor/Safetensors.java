@@ -128,10 +128,7 @@ public final class Safetensors {
                 if (name == null || name.equals(METADATA))
                     throw new KilnException("cannot write checkpoint " + file + ": invalid tensor name " + name);
                 if (t == null) throw new KilnException("cannot write checkpoint " + file + ": tensor \"" + name + "\" is null");
-                if (!t.device().equals(Device.CPU))
-                    throw new KilnException("cannot write checkpoint " + file + ": tensor \"" + name + "\" is on "
-                            + t.device() + "; copy it to the host first");
-                Tensor c = t.contiguous();
+                Tensor c = t.cpu().contiguous(); // a device tensor comes to the host (a checkpoint saved from the GPU)
                 if (c != t) copies.add(c);
                 long bytes = c.numel() * c.dtype().byteSize();
                 data.add(c.segment().asSlice(c.offset() * c.dtype().byteSize(), bytes));

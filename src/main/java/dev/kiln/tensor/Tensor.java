@@ -15,7 +15,7 @@ public class Tensor {
     private static final ValueLayout.OfInt I = ValueLayout.JAVA_INT;
     private static final ValueLayout.OfShort S = ValueLayout.JAVA_SHORT;
 
-    private final Storage storage;
+    private Storage storage;   // replaced only by moveStorageTo (a Parameter moving to another device)
     private final DType dtype;
     private final int[] shape;
     private final long[] strides;
@@ -65,6 +65,41 @@ public class Tensor {
         return empty(DType.F32, shape);
     }
 
+    /** Uninitialised contiguous tensor on {@code device} (the host, or an open accelerator: see {@link DeviceTensors}). */
+    public static Tensor empty(Device device, DType dtype, int... shape) {
+        return device.kind() == Device.Kind.CPU ? empty(dtype, shape) : DeviceTensors.of(device).empty(dtype, shape);
+    }
+
+    public static Tensor zeros(Device device, DType dtype, int... shape) {
+        Tensor t = empty(device, dtype, shape);
+        t.fill(0);
+        return t;
+    }
+
+    public static Tensor full(double value, Device device, DType dtype, int... shape) {
+        Tensor t = empty(device, dtype, shape);
+        t.fill(value);
+        return t;
+    }
+
+    /** F32 values on {@code device}, uploaded straight from the array (no host tensor in between). */
+    public static Tensor of(Device device, float[] data, int... shape) {
+        if (device.kind() == Device.Kind.CPU) return of(data, shape);
+        check(data.length, shape);
+        Tensor t = empty(device, DType.F32, shape);
+        DeviceTensors.of(device).upload(MemorySegment.ofArray(data), t);
+        return t;
+    }
+
+    /** I32 values (token ids) on {@code device}, uploaded straight from the array (no host tensor in between). */
+    public static Tensor ofInts(Device device, int[] data, int... shape) {
+        if (device.kind() == Device.Kind.CPU) return ofInts(data, shape);
+        check(data.length, shape);
+        Tensor t = empty(device, DType.I32, shape);
+        DeviceTensors.of(device).upload(MemorySegment.ofArray(data), t);
+        return t;
+    }
+
     public static Tensor zeros(DType dtype, int... shape) {
         Tensor t = empty(dtype, shape);
         t.fill(0);
@@ -81,8 +116,9 @@ public class Tensor {
         return t;
     }
 
+    /** Zeros of t's shape and dtype on t's device. */
     public static Tensor zerosLike(Tensor t) {
-        return zeros(t.dtype, t.shape);
+        return zeros(t.device(), t.dtype, t.shape);
     }
 
     public static Tensor of(float[] data, int... shape) {
@@ -281,10 +317,30 @@ public class Tensor {
     /** The single value of a one-element tensor. */
     public double item() {
         if (numel() != 1) throw new IllegalStateException("item() of a tensor with shape " + shapeString());
-        return getFlat(0);
+        if (onHost()) return getFlat(0);
+        try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) { // one scalar back, no host tensor
+            MemorySegment word = a.allocate(8, 8);
+            DeviceTensors.of(device()).download(this, word.asSlice(0, dtype.byteSize()));
+            return switch (dtype) {
+                case F32 -> word.get(F, 0);
+                case F64 -> word.get(D, 0);
+                case BF16 -> DType.bf16ToFloat(word.get(S, 0));
+                case F16 -> DType.f16ToFloat(word.get(S, 0));
+                case I32 -> word.get(I, 0);
+                case I8 -> word.get(ValueLayout.JAVA_BYTE, 0);
+            };
+        }
+    }
+
+    private boolean onHost() {
+        return storage.device().kind() == Device.Kind.CPU;
     }
 
     public void fill(double v) {
+        if (!onHost()) {
+            DeviceTensors.of(device()).fill(this, v);
+            return;
+        }
         if (isContiguous() && v == 0) {
             segment().asSlice(offset * dtype.byteSize(), numel() * dtype.byteSize()).fill((byte) 0);
             return;
@@ -294,6 +350,7 @@ public class Tensor {
     }
 
     public float[] toFloatArray() {
+        if (!onHost()) return cpu().toFloatArray();
         long n = numel();
         float[] out = new float[Math.toIntExact(n)];
         if (dtype == DType.F32 && isContiguous()) {
@@ -305,12 +362,14 @@ public class Tensor {
     }
 
     public double[] toDoubleArray() {
+        if (!onHost()) return cpu().toDoubleArray();
         double[] out = new double[Math.toIntExact(numel())];
         for (int i = 0; i < out.length; i++) out[i] = getFlat(i);
         return out;
     }
 
     public int[] toIntArray() {
+        if (!onHost()) return cpu().toIntArray();
         int[] out = new int[Math.toIntExact(numel())];
         for (int i = 0; i < out.length; i++) out[i] = (int) getFlat(i);
         return out;
@@ -409,7 +468,7 @@ public class Tensor {
     /** This tensor if contiguous, else a contiguous copy (same dtype). */
     public Tensor contiguous() {
         if (isContiguous()) return this;
-        Tensor out = empty(dtype, shape);
+        Tensor out = empty(device(), dtype, shape);
         out.copyFrom(this);
         return out;
     }
@@ -418,6 +477,14 @@ public class Tensor {
     public void copyFrom(Tensor src) {
         if (!Arrays.equals(shape, src.shape))
             throw new IllegalArgumentException("copy from " + src.shapeString() + " into " + shapeString());
+        if (!onHost()) {
+            DeviceTensors.of(device()).copy(src, this);
+            return;
+        }
+        if (!src.onHost()) {
+            DeviceTensors.of(src.device()).copy(src, this);
+            return;
+        }
         if (dtype == src.dtype && isContiguous() && src.isContiguous()) {
             long bytes = numel() * dtype.byteSize();
             MemorySegment.copy(src.segment(), src.offset * dtype.byteSize(), segment(), offset * dtype.byteSize(), bytes);
@@ -455,9 +522,37 @@ public class Tensor {
 
     /** A contiguous copy converted to {@code target} (bf16/fp16 round to nearest even). */
     public Tensor to(DType target) {
-        Tensor out = empty(target, shape);
+        Tensor out = empty(device(), target, shape);
         out.copyFrom(this);
         return out;
+    }
+
+    /** A contiguous copy on {@code target} (same dtype); this tensor itself when it is there and contiguous. */
+    public Tensor to(Device target) {
+        if (target.equals(device())) return contiguous();
+        Tensor out = empty(target, dtype, shape);
+        out.copyFrom(this);
+        return out;
+    }
+
+    /** This tensor on the host: itself when it is there (maybe not contiguous), else a contiguous host copy. */
+    public Tensor cpu() {
+        return onHost() ? this : to(Device.CPU);
+    }
+
+    /**
+     * Moves this tensor's memory to {@code target} in place (PyTorch's {@code param.data = param.data.to(device)}):
+     * for a contiguous tensor that owns its whole storage, such as a {@code Parameter}; the old memory is released.
+     * The new memory is allocated in the caller's current memory scope and category.
+     */
+    protected void moveStorageTo(Device target) {
+        if (target.equals(device())) return;
+        if (!isContiguous() || offset != 0)
+            throw new IllegalStateException("only a contiguous tensor owning its storage can move to " + target + ", not " + this);
+        Tensor moved = to(target);
+        Storage old = storage;
+        storage = moved.storage;
+        old.release();
     }
 
     /** A contiguous copy that does not share memory (or autograd history). */

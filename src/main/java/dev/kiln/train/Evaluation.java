@@ -45,7 +45,7 @@ public final class Evaluation {
             for (int i = 0; i < iters; i++) {
                 try (var scope = MemoryScope.open()) {
                     Batch batch = s.next();
-                    sum += model.loss(Tensor.ofInts(batch.inputs(), b, t), Tensor.ofInts(batch.targets(), b, t)).item();
+                    sum += model.loss(model.ids(batch.inputs(), b, t), model.ids(batch.targets(), b, t)).item();
                 }
             }
         } finally {

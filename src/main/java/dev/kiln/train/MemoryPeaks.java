@@ -23,8 +23,13 @@ public final class MemoryPeaks {
 
     /** Starts a new peak window on the host now. */
     public static MemoryPeaks start() {
+        return start(Device.CPU);
+    }
+
+    /** Starts a new peak window on {@code device} (a run's training device) now. */
+    public static MemoryPeaks start(Device device) {
         MemoryTracker.resetPeaks();
-        return new MemoryPeaks(Device.CPU, MemoryTracker.usage(Device.CPU));
+        return new MemoryPeaks(device, MemoryTracker.usage(device));
     }
 
     /**

@@ -103,7 +103,7 @@ public final class TrainStep {
         try (var scope = MemoryScope.open()) {
             Tensor lossT;
             try (var a = MemoryTracker.attribute(MemoryCategory.ACTIVATIONS)) {
-                lossT = model.loss(Tensor.ofInts(trained.inputs(), b, t), Tensor.ofInts(trained.targets(), b, t), labelSmoothing, zLoss);
+                lossT = model.loss(model.ids(trained.inputs(), b, t), model.ids(trained.targets(), b, t), labelSmoothing, zLoss);
             }
             double loss = lossT.item();
             DataParallel dp = DataParallel.active(); // data parallel: the global batch's loss, and gradients averaged across ranks
@@ -135,7 +135,7 @@ public final class TrainStep {
         boolean was = model.isTraining();
         model.eval();
         try (var scope = MemoryScope.open()) {
-            losses = model.sequenceLosses(Tensor.ofInts(batch.inputs(), b, t), Tensor.ofInts(batch.targets(), b, t));
+            losses = model.sequenceLosses(model.ids(batch.inputs(), b, t), model.ids(batch.targets(), b, t));
         } finally {
             model.train(was);
         }

@@ -19,7 +19,6 @@ import dev.kiln.optim.MixedPrecisionOptimizer;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.WeightAverage;
 import dev.kiln.optim.LrSchedule;
-import dev.kiln.backend.Devices;
 import dev.kiln.tensor.Device;
 import dev.kiln.tensor.HostAllocator;
 import dev.kiln.tensor.MemoryScope;
@@ -107,8 +106,8 @@ public final class Trainer {
         TrainingConfig tc = cfg.train();
         OptimConfig oc = cfg.optim();
         CpuBackend.configure(tc.threads());
-        Devices.requireTrainable(Device.parse(tc.device()));   // before anything is written: no GPU is a one-line error
-        memory = MemoryPeaks.start();
+        Device device = DevicePlacement.of(cfg);   // before anything is written: no GPU, or what does not run there, is one line
+        memory = MemoryPeaks.start(device);
         // under mpirun rank 0 prepares the data cache first, then the other ranks open it
         PreparedData data = ParallelRun.leadFirst(() -> Workspace.prepareData(cfg.data()));
         // a mixture: every member's training shard (member 0 is `data`: its validation split and tokenizer are the run's)
@@ -131,6 +130,7 @@ public final class Trainer {
         CausalLm model = TensorParallelRun.shard(cfg, RunSetup.buildModel(resolved), out); // parallel.tp > 1: this rank's shard
         ParallelRun.start(cfg, model, out); // data parallelism under mpirun (DataParallel.active()); nothing in a single process
         if (!cfg.lora().init_from().isEmpty() && !(resume && !store.list().isEmpty())) RunSetup.loadBase(model, cfg.lora().init_from(), out);
+        DevicePlacement.place(model, device); // before the optimizer, whose state is made like the parameters
         Offload offload = Offload.open(resolved.train(), runDir, model); // closed with the shards below
         Optimizer opt;
         try {

@@ -5,6 +5,8 @@ import dev.kiln.tensor.DType;
 import dev.kiln.tensor.Device;
 import dev.kiln.tensor.Tensor;
 
+import java.lang.foreign.MemorySegment;
+
 /**
  * The {@link Backend} of tensors in GPU memory. GEMMs go through cuBLAS ({@code cublasGemmStridedBatchedEx},
  * fp32 or bf16 operands, fp32 compute, laid out by {@link GemmLayout}). The other ops launch the CUDA C kernels of
@@ -125,9 +127,34 @@ public final class CudaBackend implements Backend {
         return t.size(t.dim() - 1);
     }
 
-    /** A host copy of the first word of a device scratch tensor (waits for the stream). */
+    /** The first word of a device scratch tensor, read back into a Java int (no host tensor; waits for the stream). */
     private int readInt(Tensor dev) {
-        return rt.toHost(dev).toIntArray()[0];
+        return rt.readInt(dev);
+    }
+
+    /** A one-word I32 device scratch tensor holding {@code value} (uploaded from a Java array, no host tensor). */
+    private Tensor deviceWord(int value) {
+        return Tensor.ofInts(rt.device(), new int[] {value}, 1);
+    }
+
+    /** dst = src for a view src of dst's shape and dtype (rank ≤ 4) into a contiguous dst: the strided binary kernel adding 0. */
+    void copyStrided(Tensor src, Tensor dst) {
+        if (src.dtype() != dst.dtype() || !src.sameShape(dst))
+            throw new IllegalArgumentException("CudaBackend.copy: " + src + " into " + dst);
+        if (dst.numel() == 0) return;
+        launchBinary("copy", BinaryOp.ADD, src, zero(dst.dtype()).view().expandView(dst.shape()), dst);
+    }
+
+    /** dst = src converted between F32 and BF16 (contiguous, equal sizes; round to nearest even). */
+    void convert(Tensor src, Tensor dst) {
+        sameSize(src, dst, "convert");
+        int n = count(dst.numel(), "convert");
+        if (n == 0) return;
+        String k;
+        if (src.dtype() == DType.F32 && dst.dtype() == DType.BF16) k = "convert_f32_to_bf16";
+        else if (src.dtype() == DType.BF16 && dst.dtype() == DType.F32) k = "convert_bf16_to_f32";
+        else throw new IllegalArgumentException("CudaBackend.convert: " + src.dtype() + " to " + dst.dtype() + " has no kernel (F32↔BF16 do)");
+        kernels.launch(k, ptr(src, "convert", "src"), ptr(dst, "convert", "dst"), n);
     }
 
     // ---------------------------------------------------------------- elementwise
@@ -218,7 +245,7 @@ public final class CudaBackend implements Backend {
             int blocks = Kernels.get(k).launch(xp, pp, n).gridX();   // one partial per block
             kernels.launch(k, xp, pp, n);
             kernels.launch("sum_partials", pp, rt.address(out), blocks);
-            return rt.toHost(out).toFloatArray()[0];
+            return rt.readFloat(out);
         } finally {
             partials.release();
             out.release();
@@ -311,13 +338,14 @@ public final class CudaBackend implements Backend {
         if (targets.dtype() != DType.I32 || targets.numel() != rows)
             throw new IllegalArgumentException("CudaBackend.crossEntropy: targets must be " + rows + " I32 ids, got " + targets.dtype() + targets.shapeString());
         if (rows == 0) return 0;
-        Tensor error = rt.toDevice(Tensor.ofInts(new int[] {Integer.MAX_VALUE}, 1));
+        Tensor error = deviceWord(Integer.MAX_VALUE);
         try {
             long tp = ptr(targets, op, "targets");
             kernels.launch(variant("crossentropy_forward", logits, op), ptr(logits, op, "logits"), tp, f32(losses, op, "losses"),
                     f32(logSumExp, op, "logSumExp"), rt.address(error), rows, v, ignoreIndex, (float) labelSmoothing, (float) zLoss);
             int bad = readInt(error);
-            int[] ids = rt.toHost(targets).toIntArray();
+            int[] ids = new int[rows];   // to count the rows not ignored (a Java array, no host tensor)
+            rt.download(targets.contiguous(), MemorySegment.ofArray(ids));
             if (bad != Integer.MAX_VALUE)
                 throw new IllegalArgumentException("CudaBackend.crossEntropy: target " + ids[bad] + " at row " + bad + " is outside the vocabulary [0, " + v + ")");
             int counted = 0;
@@ -345,14 +373,14 @@ public final class CudaBackend implements Backend {
         int n = count(idx.numel(), op), c = weight.size(1), v = weight.size(0);
         if (n == 0 || c == 0) return;
         if (idx.dtype() != DType.I32) throw new IllegalArgumentException("CudaBackend.embedding: ids must be I32, got " + idx.dtype());
-        Tensor error = rt.toDevice(Tensor.ofInts(new int[] {Integer.MAX_VALUE}, 1));
+        Tensor error = deviceWord(Integer.MAX_VALUE);
         try {
             long ip = ptr(idx, op, "idx");
             kernels.launch(variant("embedding_forward", weight, op), ip, ptr(weight, op, "weight"), same(out, weight, op, "out"),
                     rt.address(error), n, c, v);
             int bad = readInt(error);
             if (bad != Integer.MAX_VALUE)
-                throw new IllegalArgumentException("CudaBackend.embedding: token id " + rt.toHost(idx).toIntArray()[bad] + " at position " + bad
+                throw new IllegalArgumentException("CudaBackend.embedding: token id " + idx.toIntArray()[bad] + " at position " + bad
                         + " is outside the embedding table [0, " + v + ")");
         } finally {
             error.release();
@@ -383,7 +411,9 @@ public final class CudaBackend implements Backend {
     private synchronized Tensor zero(DType t) {
         Tensor z = zeroScalar[t.ordinal()];
         if (z == null) {
-            z = rt.empty(t, 1, 1);
+            try (var keep = dev.kiln.tensor.MemoryScope.persistent()) {   // lives with the backend, not the caller's step
+                z = rt.empty(t, 1, 1);
+            }
             rt.zero(z);
             zeroScalar[t.ordinal()] = z;
         }

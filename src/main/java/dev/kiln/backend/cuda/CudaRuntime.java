@@ -2,6 +2,7 @@ package dev.kiln.backend.cuda;
 
 import dev.kiln.tensor.DType;
 import dev.kiln.tensor.Device;
+import dev.kiln.tensor.DeviceTensors;
 import dev.kiln.tensor.Storage;
 import dev.kiln.tensor.Tensor;
 
@@ -46,6 +47,7 @@ public final class CudaRuntime implements DeviceMemory {
         if (rt == null) {
             rt = open(CudaLibraries.system(), index);
             OPEN.put(index, rt);
+            DeviceTensors.register(rt.device, new CudaTensors(rt));
         }
         return rt;
     }
@@ -57,6 +59,7 @@ public final class CudaRuntime implements DeviceMemory {
     static synchronized void install(int index, CudaRuntime rt) {
         if (rt == null) OPEN.remove(index);
         else OPEN.put(index, rt);
+        DeviceTensors.register(new Device(Device.Kind.CUDA, index), rt == null ? null : new CudaTensors(rt));
     }
 
     /** Opens GPU {@code index}: driver, cuInit, primary context, a non-blocking compute stream. */
@@ -142,6 +145,41 @@ public final class CudaRuntime implements DeviceMemory {
         long bytes = src.numel() * src.dtype().byteSize();
         staging.hostToDevice(src.segment().asSlice(src.offset() * src.dtype().byteSize(), bytes), address(dst), stream);
         return dst;
+    }
+
+    /** Enqueues the upload of {@code host}'s bytes into the contiguous device tensor {@code dst} (through pinned staging). */
+    public void upload(MemorySegment host, Tensor dst) {
+        checkOwn(dst, "upload");
+        if (!dst.isContiguous()) throw new IllegalArgumentException("upload into a non-contiguous device tensor " + dst.shapeString());
+        long bytes = dst.numel() * dst.dtype().byteSize();
+        if (host.byteSize() != bytes)
+            throw new IllegalArgumentException("upload of " + host.byteSize() + " bytes into " + dst + " of " + bytes + " bytes");
+        makeCurrent();
+        staging.hostToDevice(host, address(dst), stream);
+    }
+
+    /** Copies the contiguous device tensor {@code src} into {@code host} (its byte size, at most the tensor's); waits for the copy. */
+    public void download(Tensor src, MemorySegment host) {
+        checkOwn(src, "download");
+        if (!src.isContiguous()) throw new IllegalArgumentException("download of a non-contiguous device tensor " + src.shapeString());
+        if (host.byteSize() > src.numel() * src.dtype().byteSize())
+            throw new IllegalArgumentException("download of " + host.byteSize() + " bytes from " + src);
+        makeCurrent();
+        staging.deviceToHost(address(src), host, stream);
+    }
+
+    /** The first I32 of a device tensor, read back without a host tensor (waits for the stream). */
+    int readInt(Tensor src) {
+        int[] one = new int[1];
+        download(src, MemorySegment.ofArray(one));
+        return one[0];
+    }
+
+    /** The first F32 of a device tensor, read back without a host tensor (waits for the stream). */
+    float readFloat(Tensor src) {
+        float[] one = new float[1];
+        download(src, MemorySegment.ofArray(one));
+        return one[0];
     }
 
     /** A host copy of a contiguous device tensor; waits for the compute stream up to the copy. */

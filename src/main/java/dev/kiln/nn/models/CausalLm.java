@@ -6,6 +6,7 @@ import dev.kiln.nn.Module;
 import dev.kiln.nn.Parameter;
 import dev.kiln.ops.Losses;
 import dev.kiln.tensor.DType;
+import dev.kiln.tensor.Device;
 import dev.kiln.tensor.Rng;
 import dev.kiln.tensor.Tensor;
 
@@ -26,6 +27,17 @@ public abstract class CausalLm extends Module {
 
     /** idx int32 (B, T) → logits (B, T, vocab). */
     public abstract Tensor forward(Tensor idx);
+
+    /** Where the parameters are (the device of the first; {@link Module#to} moves them all together). */
+    public Device device() {
+        var params = namedParameters().values();
+        return params.isEmpty() ? Device.CPU : params.iterator().next().device();
+    }
+
+    /** Token ids (or targets) {@code b × t} as an I32 tensor on the model's device, uploaded straight from the array. */
+    public Tensor ids(int[] data, int b, int t) {
+        return Tensor.ofInts(device(), data, b, t);
+    }
 
     /** The longest sequence the model takes (block_size). */
     public abstract int blockSize();
@@ -77,9 +89,10 @@ public abstract class CausalLm extends Module {
         double[] out = new double[b];
         try (var ng = Tape.noGradScope()) {
             Tensor rows = Losses.crossEntropyRows(forward(idx), targets, -1);
+            double[] all = rows.toDoubleArray(); // from the device, if there
             for (int i = 0; i < b; i++) {
                 double s = 0;
-                for (int j = 0; j < t; j++) s += rows.getFlat((long) i * t + j);
+                for (int j = 0; j < t; j++) s += all[i * t + j];
                 out[i] = s / t;
             }
         }

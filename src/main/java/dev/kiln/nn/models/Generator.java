@@ -24,9 +24,9 @@ public final class Generator {
                 int t = len - start;
                 double[] logits;
                 try (var scope = MemoryScope.open()) {
-                    Tensor out = model.forward(Tensor.ofInts(Arrays.copyOfRange(seq, start, len), 1, t));
+                    Tensor out = model.forward(model.ids(Arrays.copyOfRange(seq, start, len), 1, t));
                     Tensor last = out.selectView(0, 0).selectView(0, t - 1);
-                    logits = last.toDoubleArray();
+                    logits = last.contiguous().toDoubleArray(); // the last row only comes back from a device
                 }
                 seq[len++] = pick(logits, temperature, topK, rng);
             }

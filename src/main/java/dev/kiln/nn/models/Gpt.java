@@ -277,7 +277,7 @@ public final class Gpt extends CausalLm {
         UnitHook hook = unitHook;
         if (hook != null) hook.enter(-1);
         Tensor tokens = tp == null ? wte.forward(idx) : tp.vocabParallelEmbedding(idx, wte.weight, vocabStart);
-        Tensor x = Arith.add(tokens, wpe.forward(Tensor.ofInts(pos, t)));
+        Tensor x = Arith.add(tokens, wpe.forward(Tensor.ofInts(idx.device(), pos, t)));
         x = drop.forward(x);
         boolean planned = keep != null && isTraining(); // layer drop: training only, never in eval
         for (int i = 0; i < blocks.size(); i++) {
