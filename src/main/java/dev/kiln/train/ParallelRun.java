@@ -4,6 +4,7 @@ import dev.kiln.dist.DataParallel;
 import dev.kiln.dist.DistException;
 import dev.kiln.dist.ParallelLayout;
 import dev.kiln.dist.MpiProcessGroup;
+import dev.kiln.dist.PipelineParallel;
 import dev.kiln.dist.ProcessGroup;
 import dev.kiln.nn.models.CausalLm;
 import dev.kiln.train.config.ParallelConfig;
@@ -40,6 +41,7 @@ final class ParallelRun {
 
     static DataParallel start(RunConfig cfg, CausalLm model, PrintStream out) {
         DataParallel.uninstall();
+        PipelineParallel.uninstall();
         if (!ProcessGroup.launchedByMpirun()) return null;
         ParallelConfig pc = cfg.parallel();
         MpiProcessGroup.setTimeoutSeconds(pc.timeout_s());
@@ -50,7 +52,7 @@ final class ParallelRun {
             throw new TrainingException(e.getMessage());
         }
         if (layout.tpSize() > 1) throw new TrainingException("parallel.tp > 1: tensor parallelism is not built yet");
-        if (layout.ppSize() > 1) throw new TrainingException("parallel.pp > 1: pipeline parallelism is not built yet");
+        if (layout.ppSize() > 1) return PipelineRun.start(cfg, layout, model, out);
         ProcessGroup world = layout.dp();
         int n = world.size();
         if (n == 1) return null;
@@ -76,19 +78,27 @@ final class ParallelRun {
     }
 
     /**
-     * Under data parallelism, one line of what this rank handed to each kind of collective in the whole run (payload
+     * Under data or pipeline parallelism, one line of what this rank handed to each kind of collective in the whole run (payload
      * bytes, see {@link dev.kiln.dist.CommStats}) and the ring-algorithm estimate of what it sent: bench/dist.sh
      * takes the difference of two runs of different lengths to get the bytes per step.
      */
     static void reportCommunication(PrintStream out) {
         DataParallel dp = DataParallel.active();
-        if (dp == null) return;
-        var st = dp.group().stats();
+        PipelineParallel pipe = PipelineParallel.active();
+        if (dp == null && pipe == null) return;
+        var st = (dp != null ? dp.group() : pipe.group()).stats(); // shared by the world and every sub-group
         var k = dev.kiln.dist.CommStats.Kind.class;
         StringBuilder sb = new StringBuilder("kiln: communication {");
         for (var kind : k.getEnumConstants())
             sb.append('"').append(kind.name().toLowerCase()).append("\": ").append(st.bytes(kind)).append(", ");
-        sb.append("\"ring_wire_bytes\": ").append(Math.round(st.wireBytes(dp.group().size()))).append('}');
+        // ring estimate with every collective in a group of the data-parallel size (pp alone: 2, the tied wte's group)
+        sb.append("\"ring_wire_bytes\": ").append(Math.round(st.wireBytes(dp != null ? dp.group().size() : 2)));
+        if (pipe != null) { // collective: every stage adds what it sent point to point
+            double[] sent = {st.bytes(dev.kiln.dist.CommStats.Kind.SEND)};
+            pipe.group().allReduceSum(sent);
+            sb.append(", \"pipeline_send_all_stages\": ").append(Math.round(sent[0]));
+        }
+        sb.append('}');
         out.println(sb);
     }
 }

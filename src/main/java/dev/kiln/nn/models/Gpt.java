@@ -189,41 +189,59 @@ public final class Gpt extends CausalLm {
         this.hooks = hooks;
     }
 
-    /** idx int32 (B, T) → logits (B, T, vocab). */
+    /** idx int32 (B, T) → logits (B, T, vocab): {@link #embed}, every {@link #block}, {@link #head}. */
     @Override
     public Tensor forward(Tensor idx) {
+        UnitHook hook = unitHook;
+        if (hook != null) hook.enter(-1);
+        Tensor x = embed(idx);
+        for (int i = 0; i < blocks.size(); i++) x = block(i, x);
+        Tensor logits = head(x);
+        if (hook != null) hook.exit(-1);
+        return logits;
+    }
+
+    /**
+     * The start of {@link #forward}: token plus position embeddings, dropout; idx int32 (B, T) → (B, T, C). Pipeline
+     * parallelism runs the model in these pieces, stage 0 this one.
+     */
+    public Tensor embed(Tensor idx) {
         int t = idx.size(1);
         if (t > config.block_size())
             throw new IllegalArgumentException("sequence length " + t + " exceeds block_size " + config.block_size());
         int[] pos = new int[t];
         for (int i = 0; i < t; i++) pos[i] = i;
-        UnitHook hook = unitHook;
-        if (hook != null) hook.enter(-1);
         Tensor x = Arith.add(wte.forward(idx), wpe.forward(Tensor.ofInts(pos, t)));
-        x = drop.forward(x);
+        return drop.forward(x);
+    }
+
+    /** Block {@code i} of {@link #forward} on x (B, T, C), with the layer plan, recomputation and hooks that apply. */
+    public Tensor block(int i, Tensor x) {
         boolean planned = keep != null && isTraining(); // layer drop: training only, never in eval
-        for (int i = 0; i < blocks.size(); i++) {
-            if (planned && !keep[i]) {
-                blocksSkipped++;
-                continue;
-            }
-            Block block = blocks.get(i);
-            double scale = planned ? 1.0 / keepProb[i] : 1.0;
-            if (hook != null) hook.enter(i);
-            if (hooks != null) x = hooks.beforeBlock(i, x);
-            x = recompute == Recompute.FULL
-                    ? Checkpoint.apply(in -> block.forward(in, scale, Recompute.NONE), x, dropoutRng, block.parameters())
-                    : block.forward(x, scale, recompute);
-            if (hooks != null) x = hooks.afterBlock(i, x);
-            if (hook != null) hook.exit(i);
-            blocksRun++;
+        if (planned && !keep[i]) {
+            blocksSkipped++;
+            return x;
         }
+        Block block = blocks.get(i);
+        double scale = planned ? 1.0 / keepProb[i] : 1.0;
+        UnitHook hook = unitHook;
+        if (hook != null) hook.enter(i);
+        if (hooks != null) x = hooks.beforeBlock(i, x);
+        x = recompute == Recompute.FULL
+                ? Checkpoint.apply(in -> block.forward(in, scale, Recompute.NONE), x, dropoutRng, block.parameters())
+                : block.forward(x, scale, recompute);
+        if (hooks != null) x = hooks.afterBlock(i, x);
+        if (hook != null) hook.exit(i);
+        blocksRun++;
+        return x;
+    }
+
+    /** The end of {@link #forward}: final norm, μP's output multiplier, the head tied to wte; x (B, T, C) → logits (B, T, vocab). */
+    public Tensor head(Tensor x) {
         x = lnF.forward(x);
         double r = config.mupRatio();
         if (r != 1.0) x = Arith.mul(x, r); // μP output multiplier (on the C-wide input of the head: cheaper than on V logits)
-        Tensor logits = Linalg.linear(x, wte.weight, null);
-        if (hook != null) hook.exit(-1);
-        return logits;
+        return Linalg.linear(x, wte.weight, null);
     }
 
     // ---- progressive stacking ------------------------------------------------------------------------
