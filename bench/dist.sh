@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Data-parallel training on CPU under Open MPI: throughput per rank at np 1 and 2, and the bytes each rank hands
-# to the collectives per step in every mode, checked against the analytic formula.
+# Data- and pipeline-parallel training on CPU under Open MPI: throughput per rank at np 1 and 2, and the bytes each
+# rank hands to the collectives per step in every mode, checked against the analytic formula.
 #
-# Usage (from anywhere): bench/dist.sh [--steps 20] [--n-layer 4] [--n-embd 128] [--block-size 64] [--batch 12]
+# Usage (from anywhere): bench/dist.sh [--steps 20] [--n-layer 4] [--n-embd 128] [--block-size 64] [--batch 12] [--micro 4]
+#        [--modes "ddp zero1 zero2 zero3 pp2_1f1b pp2_gpipe"] (a subset runs only those)
 #
 # What it does:
 #   1. builds target/kiln.jar once (the ranks then run it with KILN_NO_BUILD=1, so they never build concurrently);
 #   2. tok/s: the default job's model, train.threads=1 per rank (2 ranks on this 2-core machine), --steps steps,
-#      once as a plain process (np 1) and once per mode under mpirun -np 2 (ddp, zero1, zero2, zero3);
+#      once as a plain process (np 1) and once per mode under mpirun -np 2 (ddp, zero1, zero2, zero3, and pipeline
+#      parallel pp 2 with the 1f1b and the gpipe schedule over --micro micro-batches);
 #      "tok/s per rank" = the run's global tokens per second / np;
 #   3. bytes per step: each np-2 mode also runs --steps + 10 steps; the difference of the two runs' communication
 #      counts (kiln prints them at the end, rank 0's) over 10 steps is what one step hands to MPI, free of the one-time
@@ -19,11 +21,15 @@
 #              all-reduce 16, where P_root = V·C + T·C + 2C (embeddings and final norm) stays gathered through backward
 #      and P = V·C + T·C + L·(12C² + 13C) + 2C. Ring algorithms put 2(N−1)/N of an all-reduce's bytes and (N−1)/N
 #      of a reduce-scatter's or all-gather's on the wire per rank ("wire" column).
+#        pp    (p stages, m micro-batches of b = B/m rows, one activation or gradient A = b·T·C·4 bytes):
+#              all the stages together send 2·(p−1)·m·A (each of the p−1 boundaries: m activations forward, m
+#              gradients back; "pipeline_send_all_stages"); rank 0 (stage 0) sends m·A and receives m·A, and
+#              all-reduces 4·V·C (the tied wte's gradient, summed with the last stage) + 16 (loss and gradient norm)
 #   4. prints a table and writes bench/results/dist-<date>.json; exits 1 if any mode disagrees with the formula.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=20 L=4 C=128 T=64 B=12
+STEPS=20 L=4 C=128 T=64 B=12 M=4 MODES="ddp zero1 zero2 zero3 pp2_1f1b pp2_gpipe"
 while (( $# )); do
     case $1 in
         --steps) STEPS=$2; shift 2 ;;
@@ -31,6 +37,8 @@ while (( $# )); do
         --n-embd) C=$2; shift 2 ;;
         --block-size) T=$2; shift 2 ;;
         --batch) B=$2; shift 2 ;;
+        --micro) M=$2; shift 2 ;;
+        --modes) MODES=$2; shift 2 ;;
         *) echo "bench/dist.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -59,13 +67,19 @@ run() { # name steps np [extra --set …]
 run np1 "$STEPS" 1
 for mode in ddp:0 zero1:1 zero2:2 zero3:3; do
     name=${mode%%:*} stage=${mode##*:}
+    [[ " $MODES " == *" $name "* ]] || continue
     run "$name" "$STEPS" 2 --set parallel.zero_stage=$stage
     run "${name}_long" $((STEPS + 10)) 2 --set parallel.zero_stage=$stage
 done
+for sched in 1f1b gpipe; do
+    [[ " $MODES " == *" pp2_$sched "* ]] || continue
+    run "pp2_$sched" "$STEPS" 2 --set parallel.pp=2 --set parallel.pp_schedule=$sched --set parallel.micro_batches=$M
+    run "pp2_${sched}_long" $((STEPS + 10)) 2 --set parallel.pp=2 --set parallel.pp_schedule=$sched --set parallel.micro_batches=$M
+done
 
-"$PYTHON" - "$OUT" "$STEPS" "$L" "$C" "$T" "$B" <<'PY'
+"$PYTHON" - "$OUT" "$STEPS" "$L" "$C" "$T" "$B" "$M" <<'PY'
 import json, re, sys, datetime
-out, steps, L, C, T, B = sys.argv[1], *map(int, sys.argv[2:])
+out, steps, L, C, T, B, M = sys.argv[1], *map(int, sys.argv[2:])
 def text(name): return open(f"{out}/{name}.out").read()
 def tok_s(name): return float(re.search(r"steps in \S+ \(([\d,]+) tok/s\)", text(name)).group(1).replace(",", ""))
 def comm(name): return json.loads(re.search(r"kiln: communication (\{.*\})", text(name)).group(1))
@@ -79,13 +93,18 @@ formula = {
     "zero2": {"reduce_scatter": 4*P, "all_gather": 4*P, "all_reduce": 16},
     "zero3": {"reduce_scatter": 4*P, "all_gather": 4*P + 4*(P - root), "all_reduce": 16},
 }
+A, stages = (B // M) * T * C * 4, 2  # one micro-batch's activation (or its gradient), fp32
+for sched in ("1f1b", "gpipe"):
+    formula["pp2_" + sched] = {"send": M*A, "recv": M*A, "all_reduce": 4*V*C + 16, "pipeline_send_all_stages": 2*(stages - 1)*M*A}
 n = 2
 rows, ok = [], True
 base = tok_s("np1")
-print(f"GPT L{L} C{C} T{T} vocab {V}: P = {P:,} parameters ({4*P:,} B fp32); batch {B}, {steps} steps, 1 thread per rank")
+print(f"GPT L{L} C{C} T{T} vocab {V}: P = {P:,} parameters ({4*P:,} B fp32); batch {B}, {steps} steps, 1 thread per rank; pp: {M} micro-batches")
 print(f"{'mode':6} {'np':>2} {'tok/s/rank':>10} {'measured B/step':>44} {'formula B/step':>16} {'ring wire B/step':>16}  agree")
 print(f"{'single':6} {1:>2} {base:>10,.0f}")
+import os
 for mode in formula:
+    if not os.path.exists(f"{out}/{mode}.out"): continue  # not among --modes
     a, b = comm(mode), comm(mode + "_long")
     per = {k: (b[k] - a[k]) // 10 for k in a if k not in ("ring_wire_bytes",) and b[k] != a[k]}
     exact = all((b[k] - a[k]) % 10 == 0 for k in a)
@@ -93,11 +112,14 @@ for mode in formula:
     agree = exact and per == formula[mode]
     ok &= agree
     meas = ", ".join(f"{k} {v:,}" for k, v in sorted(per.items()))
-    print(f"{mode:6} {n:>2} {tok_s(mode)/n:>10,.0f} {meas:>44} {sum(formula[mode].values()):>16,} {wire:>16,.0f}  {'yes' if agree else 'NO: ' + str(formula[mode])}")
+    handed = sum(v for k, v in formula[mode].items() if k not in ("recv", "pipeline_send_all_stages"))  # what rank 0 hands to MPI
+    print(f"{mode:6} {n:>2} {tok_s(mode)/n:>10,.0f} {meas:>44} {handed:>16,} {wire:>16,.0f}  {'yes' if agree else 'NO: ' + str(formula[mode])}")
+    if mode.startswith("pp"):
+        print(f"{'':6}    pipeline: all stages sent {per['pipeline_send_all_stages']:,} B/step = 2·(p−1)·m·b·T·C·4; ideal bubble (p−1)/(m+p−1) = {1/(M+1):.3f}")
     rows.append({"mode": mode, "np": n, "tok_per_s_per_rank": tok_s(mode)/n, "bytes_per_step": per, "formula": formula[mode],
                  "ring_wire_bytes_per_step": wire, "agree": agree})
 res = {"date": datetime.date.today().isoformat(), "model": {"n_layer": L, "n_embd": C, "block_size": T, "vocab": V, "params": P},
-       "batch": B, "steps": steps, "single_tok_per_s": base, "modes": rows}
+       "batch": B, "micro_batches": M, "steps": steps, "single_tok_per_s": base, "modes": rows}
 path = f"bench/results/dist-{res['date']}.json"
 json.dump(res, open(path, "w"), indent=1)
 print("wrote", path)
