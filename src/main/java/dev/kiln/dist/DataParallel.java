@@ -88,7 +88,7 @@ public final class DataParallel {
 
     /**
      * {@link #install(ProcessGroup, Module, int, double)} over some of a model's parameters (a pipeline stage's),
-     * ZeRO stage 0 or 1 (stage 3 shards a whole GPT by block).
+     * ZeRO stage 0, 1 or 2 (stage 3 shards a whole GPT by block).
      */
     public static DataParallel install(ProcessGroup group, Map<String, Parameter> params, int zeroStage, double bucketMb) {
         if (zeroStage < 0 || zeroStage > 2) throw new DistException("parallel.zero_stage must be 0, 1 or 2 over part of a model, got " + zeroStage);
