@@ -61,8 +61,11 @@ public final class PipelineParallel {
     /** Loss (the mean over the micro-batches, and under dp over the ranks) and pre-clipping gradient norm of one step. */
     public record StepResult(double loss, double gradNorm) {}
 
-    /** What one micro-batch left for its backward: its graph, the received input (null on stage 0), the output to seed. */
-    private record Micro(Tape.Graph graph, Tensor input, Tensor output, double loss) {}
+    /**
+     * What one micro-batch left for its backward: its graph, the received input (null on stage 0), the output to seed,
+     * the send of its output (null on the last stage), and the handle that frees its activations.
+     */
+    private record Micro(Tape.Graph graph, Tensor input, Tensor output, double loss, Work sent, Runnable free) {}
 
     private PipelineParallel(ParallelLayout layout, ProcessGroup embedding, Gpt model, String schedule, int microBatches) {
         this.group = layout.pp();
@@ -219,17 +222,23 @@ public final class PipelineParallel {
     }
 
     /**
-     * The plain cross-entropy of {@code batch} (all its rows as one micro-batch, no grad) through the pipeline, known
-     * on every stage: evaluation runs this way.
+     * The plain cross-entropy of {@code batch} through the pipeline without grad, known on every stage: evaluation
+     * runs this way, micro-batch after micro-batch (each freed before the next), the loss their mean.
      */
     public double evalLoss(Batch batch) {
-        try (var scope = MemoryScope.open(); var ng = Tape.noGradScope()) {
-            Micro mb = forward(batch, 0, 0, 0, 1);
-            finishSends();
-            double[] v = {stage == stages - 1 ? mb.loss() : 0};
-            group.allReduceSum(v);
-            return v[0];
+        List<Batch> parts = split(batch);
+        double sum = 0;
+        try (var ng = Tape.noGradScope()) {
+            for (int i = 0; i < parts.size(); i++) {
+                try (var scope = MemoryScope.open()) {
+                    sum += forward(parts.get(i), i, 0, 0, 1).loss();
+                    finishSends(); // before the scope frees what was sent
+                }
+            }
         }
+        double[] v = {stage == stages - 1 ? sum / parts.size() : 0};
+        group.allReduceSum(v);
+        return v[0];
     }
 
     private List<Batch> split(Batch batch) {
@@ -249,8 +258,11 @@ public final class PipelineParallel {
     /** Forward of micro-batch {@code i} through this stage; on the last stage the loss (its backward seed is loss/m). */
     private Micro forward(Batch part, int i, double labelSmoothing, double zLoss, int m) {
         int b = part.batchSize(), t = part.blockSize(), c = model.config.n_embd();
-        Tensor input = null, x, out;
+        Tensor input = null, x, out = null;
+        Work sent = null;
+        Runnable free;
         double loss = 0;
+        MemoryScope activations = MemoryScope.open(); // kept past this forward, freed after this micro-batch's backward
         try (var a = MemoryTracker.attribute(MemoryCategory.ACTIVATIONS)) {
             if (stage == 0) {
                 x = model.embed(Tensor.ofInts(part.inputs(), b, t));
@@ -265,11 +277,14 @@ public final class PipelineParallel {
                 loss = l.item();
                 out = m == 1 ? l : Arith.mul(l, 1.0 / m);
             } else {
-                send(x, stage + 1, 2 * i);
+                sent = send(x, stage + 1, 2 * i);
                 out = x;
             }
+        } finally {
+            free = activations.closeKeeping();
+            if (out == null) free.run(); // the forward failed: nothing is kept
         }
-        return new Micro(Tape.take(), input, out, loss);
+        return new Micro(Tape.take(), input, out, loss, sent, free);
     }
 
     /** Backward of micro-batch {@code i}: from the next stage's gradient (the last stage: from its loss). */
@@ -277,12 +292,15 @@ public final class PipelineParallel {
         Tensor gradOut = stage == stages - 1 ? Tensor.full(1.0, mb.output().dtype(), mb.output().shape())
                 : receive(mb.output().shape(), stage + 1, 2 * i + 1);
         mb.graph().backward(mb.output(), gradOut);
+        gradOut.release(); // backward copied what it needed (the tape never keeps the seed)
         if (stage > 0) {
             Tensor g = mb.input().grad();
             send(g, stage - 1, 2 * i + 1);
             sentGradients.add(g);
             mb.input().setGrad(null);
         }
+        if (mb.sent() != null) mb.sent().await(); // (long done: the next stage sent this micro-batch's gradient back)
+        mb.free().run();
     }
 
     private Tensor receive(int[] shape, int from, int tag) {
@@ -291,9 +309,11 @@ public final class PipelineParallel {
         return x;
     }
 
-    private void send(Tensor x, int to, int tag) {
+    private Work send(Tensor x, int to, int tag) {
         Tensor c = x.isContiguous() ? x : x.contiguous();
-        sends.add(group.sendAsync(FlatF32.data(c, "pipeline activation to stage " + to), (int) c.numel(), to, tag));
+        Work w = group.sendAsync(FlatF32.data(c, "pipeline activation to stage " + to), (int) c.numel(), to, tag);
+        sends.add(w);
+        return w;
     }
 
     /** Waits for this rank's sends (their buffers live until then), then frees the input gradients that were sent. */

@@ -7,6 +7,9 @@ import dev.kiln.train.MemoryAccount;
 import dev.kiln.train.Trainer;
 import dev.kiln.train.config.ConfigLoader;
 import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.MethodOrderer;
+import org.junit.jupiter.api.Order;
+import org.junit.jupiter.api.TestMethodOrder;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -33,6 +36,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * the loss at the 1e-2 level within a few steps. The final checkpoints are the whole model and optimizer state, laid
  * out as the single process's (same names and shapes), and resume at pp 2 and in one process.
  */
+@TestMethodOrder(MethodOrderer.OrderAnnotation.class)
 class PipelineParallelTest {
     static final double TOLERANCE = 1e-4;
     static final ObjectMapper JSON = new ObjectMapper();
@@ -140,33 +144,53 @@ class PipelineParallelTest {
         assertTrue(worst < tol, name + " " + file + ": " + worst);
     }
 
+    /**
+     * GPipe at pp 2 over 4 micro-batches, with an evaluation at step 10 (through the pipeline: the single process's
+     * val loss) and a final sample (the whole model gathered on every rank).
+     */
     @Test
+    @Order(1)
     void pp2GpipeWithEvaluationAndSample() throws Exception {
-        long[][] m = sameLosses(2, "pp2_gpipe", single.losses(), "parallel.pp=2", "parallel.pp_schedule=gpipe",
+        long[][] m = sameLosses(2, "pp2_gpipe", single.losses(), "parallel.pp=2", "parallel.pp_schedule=gpipe", "parallel.micro_batches=4",
                 "train.eval_interval=10", "train.eval_iters=2", "train.sample_tokens=5");
         stageMemory(m, single.memory(), wteBytes(vocab()), 2); // AdamW: two moments of wte on each end
-        double val = valLossAtStep10("pp2_gpipe"), want = valLossAtStep10("single");
-        System.out.printf("pp2_gpipe: val loss at step 10 %.6f, single process %.6f%n", val, want);
+        sameValLoss("pp2_gpipe");
+    }
+
+    static void sameValLoss(String name) throws IOException {
+        double val = evalRecordAtStep10(name).get("val_loss").asDouble(), want = evalRecordAtStep10("single").get("val_loss").asDouble();
+        System.out.printf("%s: val loss at step 10 %.6f, single process %.6f%n", name, val, want);
         assertTrue(Math.abs(val - want) / want < TOLERANCE, val + " vs " + want);
     }
 
-    static double valLossAtStep10(String name) throws IOException {
+    static com.fasterxml.jackson.databind.JsonNode evalRecordAtStep10(String name) throws IOException {
         for (String line : Files.readAllLines(tmp.resolve("runs").resolve(name).resolve("metrics.jsonl"))) {
             var rec = JSON.readTree(line);
-            if (rec.has("val_loss") && rec.get("step").asLong() == 10) return rec.get("val_loss").asDouble();
+            if (rec.has("val_loss") && rec.get("step").asLong() == 10) return rec;
         }
         throw new AssertionError("no val loss at step 10 in " + name);
     }
 
     /**
-     * 1F1B at pp 2 with checkpoints at steps 10 and 20: the step-20 checkpoint is the single process's model and
-     * optimizer state; from a copy of the run holding only the step-10 checkpoint, a pp 2 job and a single process
-     * both resume and give the single-process run's losses of steps 11..20.
+     * 1F1B at pp 2 over 4 micro-batches with checkpoints at steps 10 and 20: the step-20 checkpoint is the single
+     * process's model and optimizer state; from a copy of the run holding only the step-10 checkpoint, a pp 2 job and a
+     * single process both resume and give the single-process run's losses of steps 11..20. Stage 0 (rank 0, whose
+     * peaks the metrics log) holds at most 2 micro-batches' activations at once, GPipe's all 4: its activation peak
+     * (measured by the memory tracker, up to step 10) is about half GPipe's.
      */
     @Test
+    @Order(2)
     void pp2OneFOneBCheckpointsResumeAtPp2AndInOneProcess() throws Exception {
-        long[][] m = sameLosses(2, "pp2_1f1b", single.losses(), "parallel.pp=2", "parallel.pp_schedule=1f1b", "train.checkpoint_interval=10");
+        long[][] m = sameLosses(2, "pp2_1f1b", single.losses(), "parallel.pp=2", "parallel.pp_schedule=1f1b", "parallel.micro_batches=4",
+                "train.checkpoint_interval=10", "train.eval_interval=10", "train.eval_iters=2");
         stageMemory(m, single.memory(), wteBytes(vocab()), 2);
+        sameValLoss("pp2_1f1b");
+        long peak = evalRecordAtStep10("pp2_1f1b").get("mem_peak_activations").asLong();
+        if (Files.exists(tmp.resolve("runs/pp2_gpipe/metrics.jsonl"))) { // GPipe's run (ordered first; absent when this test runs alone)
+            long gpipe = evalRecordAtStep10("pp2_gpipe").get("mem_peak_activations").asLong();
+            System.out.printf("stage 0 activation peak over 4 micro-batches: 1F1B %,d B, GPipe %,d B (%.2f)%n", peak, gpipe, (double) peak / gpipe);
+            assertTrue(peak < 0.65 * gpipe, "1F1B " + peak + " B vs GPipe " + gpipe + " B");
+        }
         sameCheckpoint("pp2_1f1b", single, "model.safetensors", 1e-3);
         sameCheckpoint("pp2_1f1b", single, "optimizer.safetensors", 1e-3);
         for (String copy : List.of("resume_pp2", "resume_single")) {
