@@ -120,8 +120,9 @@ class PipelineParallelTest {
      * The checkpoint {@code file} of run {@code name} at {@code step} holds the tensors of the single-process run's
      * (same names and shapes), with values equal up to {@code tol} × the tensor's largest magnitude. The weights' 1e-3:
      * AdamW divides each gradient element by its own running RMS, so an element whose gradient is near zero moves by
-     * up to lr per step whatever its rounding, and fp32 summation-order differences show there at the 1e-4 level
-     * (measured: up to 1.4e-4 at pp 4); a wrong gradient moves whole tensors by far more.
+     * up to lr per step whatever its rounding: the key part of c_attn's bias has a true gradient of 0 (softmax ignores
+     * a constant added to every score), and there fp32 summation-order differences show at the 1e-4 level (measured:
+     * up to 1.4e-4 at pp 4, in transformer.h.3.attn.c_attn.bias); a wrong gradient moves whole tensors by far more.
      */
     static void sameCheckpoint(String name, Trainer.Result reference, String file, double tol) throws IOException {
         Map<String, Tensor> got = Safetensors.read(tmp.resolve("runs").resolve(name).resolve("checkpoints/step-000020").resolve(file)).tensors();
