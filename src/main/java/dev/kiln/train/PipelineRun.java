@@ -50,8 +50,10 @@ final class PipelineRun {
         } catch (DistException e) {
             throw new TrainingException(e.getMessage());
         }
-        out.printf("kiln: pipeline parallel over %d stages (%s), %s schedule, %d micro-batches of %d rows; ideal bubble %.1f%%; %s%n",
-                p, layout.describe(), pc.pp_schedule(), m, tc.batch_size() / dpSize / m, 100 * PipelineSchedule.bubbleFraction(p, m), pipe.describe());
+        long held = pipe.parameters().values().stream().mapToLong(dev.kiln.nn.Parameter::numel).sum();
+        out.printf("kiln: pipeline parallel over %d stages (%s), %s schedule, %d micro-batches of %d rows; ideal bubble %.1f%%; %s, %,d of the %,d parameters%n",
+                p, layout.describe(), pc.pp_schedule(), m, tc.batch_size() / dpSize / m, 100 * PipelineSchedule.bubbleFraction(p, m), pipe.describe(),
+                held, model.parameterCount());
         if (dpSize == 1) return null;
         if (tc.batch_size() % dpSize != 0)
             throw new TrainingException("train.batch_size " + tc.batch_size() + " must be divisible by the " + dpSize + " data-parallel ranks");
