@@ -5,8 +5,8 @@ import dev.kiln.backend.Backend;
 import dev.kiln.data.Batch;
 import dev.kiln.nn.Parameter;
 import dev.kiln.nn.models.Gpt;
+import dev.kiln.nn.models.TensorParallelism;
 import dev.kiln.ops.Arith;
-import dev.kiln.ops.Losses;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.tensor.DType;
 import dev.kiln.tensor.MemoryCategory;
@@ -38,6 +38,12 @@ import java.util.function.Function;
  * gradients (when dp > 1), the wte sum, the clipping norm summed over the stages (wte counted once), loss and norm
  * made known on every rank, clip, update.
  *
+ * <p>Under tensor parallelism (tp × pp) the model is this rank's {@link Gpt} shard: its pipeline group links the
+ * same tp rank of every stage, so activations go shard to shard (they are whole, (B/m, T, C), after each block's g);
+ * stage 0 runs the vocabulary-parallel embedding, the last stage the vocabulary-parallel head and cross-entropy
+ * ({@link Gpt#headLoss}), the wte shards are summed between the two ends of the same tp rank, and the clipping norm
+ * adds the sharded gradients' squares over the tp group as well.
+ *
  * <p>Dropout is refused under pp (see {@code ParallelRun}): a single process draws one batch-wide mask per dropout
  * in forward order, which micro-batches run stage by stage cannot reproduce.
  */
@@ -55,6 +61,7 @@ public final class PipelineParallel {
     private final Map<String, Integer> owner = new LinkedHashMap<>();   // the stage holding each (wte: 0, copied on the last)
     private final Map<String, Parameter> mine = new LinkedHashMap<>();  // this stage's, model order
     private final Parameter tied;
+    private final TensorParallel tp;  // tp × pp: this stage's blocks are tensor-parallel shards (null without)
     private final List<Work> sends = new ArrayList<>();
     private final List<Tensor> sentGradients = new ArrayList<>();
 
@@ -79,6 +86,7 @@ public final class PipelineParallel {
         this.endBlock = range[1];
         this.microBatches = microBatches;
         this.tied = model.wte.weight;
+        this.tp = TensorParallel.active();
         IdentityHashMap<Parameter, Integer> stageOf = new IdentityHashMap<>();
         stageOf.put(model.wte.weight, 0);
         stageOf.put(model.wpe.weight, 0);
@@ -137,6 +145,17 @@ public final class PipelineParallel {
         int base = blocks / stages, extra = blocks % stages;
         int from = s * base + Math.min(s, extra);
         return new int[]{from, from + base + (s < extra ? 1 : 0)};
+    }
+
+    /** The stage that holds parameter {@code name} (the tied wte: stage 0, whose copy the last stage also holds). */
+    public int stageOf(String name) {
+        Integer s = owner.get(name);
+        if (s == null) throw new IllegalArgumentException("pipeline parallelism: no trainable parameter " + name);
+        return s;
+    }
+
+    public int stages() {
+        return stages;
     }
 
     /** This stage's trainable parameters by name (the last stage's include its copy of the tied wte). */
@@ -201,9 +220,14 @@ public final class PipelineParallel {
         boolean last = stage == stages - 1;
         double loss = last ? lossSum / m : 0;
         if (dp != null && last) loss = dp.meanLoss(loss);
-        double sq = 0;
-        for (Parameter p : mine.values())
-            if (p.grad() != null && !(p == tied && stage != 0)) sq += Backend.of(p).sumOfSquares(p.grad()); // wte once
+        double sq = 0, shardSq = 0;
+        for (Parameter p : mine.values()) {
+            if (p.grad() == null || p == tied && stage != 0) continue; // wte once
+            double s = Backend.of(p).sumOfSquares(p.grad());
+            if (tp != null && tp.isSharded(p)) shardSq += s;
+            else sq += s;
+        }
+        if (tp != null) sq += tp.sumOverShards(shardSq); // tp × pp: sharded gradients once per shard, replicated once
         double[] v = {loss, sq}; // only the last stage knows the loss: the sum hands it to every stage
         group.allReduceSum(v);
         loss = v[0];
@@ -273,7 +297,7 @@ public final class PipelineParallel {
             }
             for (int j = firstBlock; j < endBlock; j++) x = model.block(j, x);
             if (stage == stages - 1) {
-                Tensor l = Losses.crossEntropy(model.head(x), Tensor.ofInts(part.targets(), b, t), -1, labelSmoothing, zLoss);
+                Tensor l = model.headLoss(x, Tensor.ofInts(part.targets(), b, t), labelSmoothing, zLoss); // tp: vocab-parallel
                 loss = l.item();
                 out = m == 1 ? l : Arith.mul(l, 1.0 / m);
             } else {
@@ -377,6 +401,83 @@ public final class PipelineParallel {
         } finally {
             if (gathered != null) gathered.close();
         }
+    }
+
+    /** A whole (unsharded) model and its optimizer, into which a tp × pp checkpoint is gathered. */
+    public record WholeModel(Gpt model, Optimizer optimizer) {
+        void release() {
+            for (Parameter p : model.parameters()) p.release();
+            for (Tensor t : optimizer.stateDict().values()) t.release();
+        }
+    }
+
+    /**
+     * {@link #saveFromLead} for tp × pp (collective over the ranks of data-parallel rank 0, after ZeRO-1's
+     * consolidation): in each stage the tp shards of the stage's parameters and optimizer state are gathered into
+     * whole tensors on tp rank 0 (the collector, which builds {@code whole} for their shapes); the collectors of the
+     * other stages send theirs to stage 0's, which fills its whole model and optimizer (single-process names and
+     * shapes) and calls {@code save}. Ranks other than that lead return {@code otherwise}.
+     */
+    public <T> T saveFromLeadSharded(Optimizer opt, java.util.function.Supplier<WholeModel> whole, Function<WholeModel, T> save, T otherwise) {
+        if (!(opt instanceof StageOptimizer so)) throw new IllegalArgumentException("pipeline checkpoints need the StageOptimizer, got " + opt.getClass().getSimpleName());
+        if (tp == null) throw new IllegalStateException("saveFromLeadSharded: the pipeline's stages are not tensor-parallel");
+        ShardedOptimizer.Consolidated gathered = so.stage() instanceof ShardedOptimizer sh ? sh.consolidated() : null; // null off dp rank 0
+        WholeModel w = null;
+        try {
+            DataParallel dp = DataParallel.active();
+            if (dp != null && dp.group().rank() != 0) return otherwise;
+            Map<String, Tensor> own = (gathered != null ? gathered : so.stage()).stateDict();
+            boolean collector = tp.rank() == 0, lead = collector && stage == 0;
+            if (collector) {
+                try (var s = MemoryScope.persistent()) {
+                    w = whole.get();
+                }
+            }
+            var splits = model.tensorParallelSplits();
+            Map<String, Parameter> wp = collector ? w.model().namedParameters() : null;
+            for (var e : all.entrySet()) { // model order on every stage
+                String n = e.getKey();
+                int from = owner.get(n);
+                if (from == stage) {
+                    Tensor target = collector ? wp.get(n) : null;
+                    collect(e.getValue(), splits.get(n), target);
+                    if (collector && stage != 0) group.send(FlatF32.data(target, n), (int) target.numel(), 0, SAVE_TAG + 1);
+                } else if (lead) {
+                    Tensor target = wp.get(n);
+                    group.recv(FlatF32.data(target, n), (int) target.numel(), from, SAVE_TAG + 1);
+                }
+            }
+            Map<String, Tensor> template = collector ? w.optimizer().stateDict() : null, state = new LinkedHashMap<>();
+            try (var s = MemoryScope.open()) {
+                for (String k : stateKeysOf(own.keySet(), stage)) { // the same keys, sorted, on every tp rank of the stage
+                    Tensor local = own.get(k);
+                    TensorParallelism.Split split = splits.get(StageOptimizer.parameterOf(k));
+                    if (split != null && local.numel() != split.numel()) split = null; // not a per-element state tensor
+                    Tensor target = collector ? Tensor.zeros(DType.F32, template.get(k).shape()) : null;
+                    collect(local.contiguous(), split, target);
+                    if (collector && stage != 0) group.send(FlatF32.data(target, k), (int) target.numel(), 0, SAVE_TAG + 1);
+                    if (lead) state.put(k, target);
+                }
+                if (!lead) return otherwise;
+                for (int from = 1; from < stages; from++)
+                    for (String k : stateKeysOf(template.keySet(), from)) {
+                        Tensor target = Tensor.zeros(DType.F32, template.get(k).shape());
+                        group.recv(FlatF32.data(target, k), (int) target.numel(), from, SAVE_TAG + 1);
+                        state.put(k, target);
+                    }
+                w.optimizer().loadStateDict(state, so.stepCount());
+            }
+            return save.apply(w);
+        } finally {
+            if (gathered != null) gathered.close();
+            if (w != null) w.release();
+        }
+    }
+
+    /** {@code target} ← the whole tensor of {@code local}: gathered over the tp group when it is a shard; null off the collector. */
+    private void collect(Tensor local, TensorParallelism.Split split, Tensor target) {
+        if (split != null) tp.gatherInto(local, split, target);
+        else if (target != null) target.copyFrom(local);
     }
 
     private int ownerOfState(String key) {

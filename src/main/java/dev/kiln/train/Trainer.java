@@ -413,8 +413,8 @@ public final class Trainer {
                                 model.dropoutRng().state(), opt.stepCount(), lrScale, rollbacks, tokensSeen, spent, bestVal, staleEvals,
                                 model.depth(), layerDrop == null ? 0 : layerDrop.rngState(),
                                 cfg.data().mixture().isBlank() ? new long[0] : sampler.memberTokens());
-                        lastCheckpoint = pipe != null ? pipe.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done))
-                                : TensorParallelRun.active() ? TensorParallelRun.save(store, model, opt, state, configJson, tc.keep_checkpoints())
+                        lastCheckpoint = TensorParallelRun.active() ? TensorParallelRun.save(store, model, opt, state, configJson, tc.keep_checkpoints())
+                                : pipe != null ? pipe.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done))
                                 : dp == null ? store.save(model, opt, averages, state, configJson, tc.keep_checkpoints())
                                 : dp.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done));
                     } catch (TrainingException e) {

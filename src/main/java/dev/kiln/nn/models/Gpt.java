@@ -329,6 +329,16 @@ public final class Gpt extends CausalLm {
         return Linalg.linear(tp == null ? x : tp.copyToShards(x), wte.weight, null); // vocab-parallel head: f before it
     }
 
+    /**
+     * {@link #head} and the mean cross-entropy against {@code targets} (−1 ignored): the plain one, or under tensor
+     * parallelism the vocabulary-parallel one of this shard's logits. The last pipeline stage ends with this.
+     */
+    public Tensor headLoss(Tensor x, Tensor targets, double labelSmoothing, double zLoss) {
+        Tensor logits = head(x);
+        return tp == null ? dev.kiln.ops.Losses.crossEntropy(logits, targets, -1, labelSmoothing, zLoss)
+                : tp.vocabParallelCrossEntropy(logits, targets, vocabStart, config.vocab_size(), labelSmoothing, zLoss);
+    }
+
     // ---- progressive stacking ------------------------------------------------------------------------
 
     /**
