@@ -3,7 +3,7 @@
 # rank hands to the collectives per step in every mode, checked against the analytic formula.
 #
 # Usage (from anywhere): bench/dist.sh [--steps 20] [--n-layer 4] [--n-embd 128] [--block-size 64] [--batch 12] [--micro 4]
-#        [--modes ddp,zero1,zero2,zero3,tp2,dp2tp2,pp2_1f1b,pp2_gpipe] (a subset runs only those; commas or spaces)
+#        [--modes ddp,zero1,zero2,zero3,tp2,dp2tp2,pp2_1f1b,pp2_gpipe,tp2pp2] (a subset runs only those; commas or spaces)
 #
 # What it does:
 #   1. builds target/kiln.jar once (the ranks then run it with KILN_NO_BUILD=1, so they never build concurrently);
@@ -35,11 +35,15 @@
 #              all the stages together send 2·(p−1)·m·A (each of the p−1 boundaries: m activations forward, m
 #              gradients back; "pipeline_send_all_stages"); rank 0 (stage 0) sends m·A and receives m·A, and
 #              all-reduces 4·V·C (the tied wte's gradient, summed with the last stage) + 16 (loss and gradient norm)
+#        tp2pp2 (np 4: tp 2 inside each of 2 stages, 1F1B over m micro-batches; rank 0 = stage 0, tp rank 0): the sum
+#              of the two, restricted to stage 0: pp's send m·A, recv m·A (activations are whole, b·T·C, after each
+#              block's g), all-reduce 4·(V_t/2)·C (its wte shard) + 16; tp's all-reduce 16·L_0·B·T·C (its L_0 blocks)
+#              + 4·B·T·C (the embedding's g; the head and cross-entropy are the last stage's) + 8 (the clipping norm)
 #   4. prints a table and writes bench/results/dist-<date>.json; exits 1 if any mode disagrees with the formula.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=20 L=4 C=128 T=64 B=12 M=4 MODES=ddp,zero1,zero2,zero3,tp2,dp2tp2,pp2_1f1b,pp2_gpipe
+STEPS=20 L=4 C=128 T=64 B=12 M=4 MODES=ddp,zero1,zero2,zero3,tp2,dp2tp2,pp2_1f1b,pp2_gpipe,tp2pp2
 while (( $# )); do
     case $1 in
         --steps) STEPS=$2; shift 2 ;;
@@ -93,6 +97,10 @@ for sched in 1f1b gpipe; do
     run "pp2_$sched" "$STEPS" 2 --set parallel.pp=2 --set parallel.pp_schedule=$sched --set parallel.micro_batches=$M
     run "pp2_${sched}_long" $((STEPS + 10)) 2 --set parallel.pp=2 --set parallel.pp_schedule=$sched --set parallel.micro_batches=$M
 done
+if [[ ",$MODES," == *",tp2pp2,"* ]]; then
+    run tp2pp2 "$STEPS" 4 --set parallel.tp=2 --set parallel.pp=2 --set parallel.micro_batches=$M
+    run tp2pp2_long $((STEPS + 10)) 4 --set parallel.tp=2 --set parallel.pp=2 --set parallel.micro_batches=$M
+fi
 
 "$PYTHON" - "$OUT" "$MODES" "$STEPS" "$L" "$C" "$T" "$B" "$M" <<'PY'
 import json, os, re, sys, datetime
@@ -120,7 +128,11 @@ formula["dp2tp2"] = {"all_reduce": tp_bytes(2, B // 2) + 4*params_per_rank(2) + 
 A, stages = (B // M) * T * C * 4, 2  # one micro-batch's activation (or its gradient), fp32
 for sched in ("1f1b", "gpipe"):
     formula["pp2_" + sched] = {"send": M*A, "recv": M*A, "all_reduce": 4*V*C + 16, "pipeline_send_all_stages": 2*(stages - 1)*M*A}
-ranks = {"tp2": 2, "dp2tp2": 4}
+L0 = L // stages + (1 if L % stages else 0)  # stage 0's blocks (the spare ones go early)
+tp_formula["tp2pp2"] = {"all_reduce": 16*L0*B*T*C + 4*B*T*C + 8}
+formula["tp2pp2"] = {"send": M*A, "recv": M*A, "all_reduce": tp_formula["tp2pp2"]["all_reduce"] + 4*(-(-V // 2))*C + 16,
+                     "pipeline_send_all_stages": 2*(stages - 1)*M*A}
+ranks = {"tp2": 2, "dp2tp2": 4, "tp2pp2": 4}
 n = 2
 rows, ok = [], True
 base = tok_s("np1")
@@ -144,7 +156,7 @@ for mode in [m for m in formula if m in modes]:
     handed = sum(v for k, v in formula[mode].items() if k not in ("recv", "pipeline_send_all_stages"))  # what rank 0 hands to MPI
     print(f"{mode:6} {n:>2} {tok_s(mode)/n:>10,.0f} {meas:>44} {handed:>16,} {wire:>16,.0f}  {'yes' if agree else 'NO: ' + str(formula[mode])}")
     if mode in tp_formula: print(f"{'':6} {'':>2} {'':>10} {'of which tp group: ' + str(tp_per):>44} {sum(tp_formula[mode].values()):>16,}")
-    if mode.startswith("pp"):
+    if "pipeline_send_all_stages" in per:
         print(f"{'':6}    pipeline: all stages sent {per['pipeline_send_all_stages']:,} B/step = 2·(p−1)·m·b·T·C·4; ideal bubble (p−1)/(m+p−1) = {1/(M+1):.3f}")
     rows.append({"mode": mode, "np": n, "tok_per_s_per_rank": tok_s(mode)/n, "bytes_per_step": per, "formula": formula[mode],
                  "ring_wire_bytes_per_step": wire, "agree": agree}

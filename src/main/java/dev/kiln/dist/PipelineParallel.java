@@ -147,17 +147,6 @@ public final class PipelineParallel {
         return new int[]{from, from + base + (s < extra ? 1 : 0)};
     }
 
-    /** The stage that holds parameter {@code name} (the tied wte: stage 0, whose copy the last stage also holds). */
-    public int stageOf(String name) {
-        Integer s = owner.get(name);
-        if (s == null) throw new IllegalArgumentException("pipeline parallelism: no trainable parameter " + name);
-        return s;
-    }
-
-    public int stages() {
-        return stages;
-    }
-
     /** This stage's trainable parameters by name (the last stage's include its copy of the tied wte). */
     public Map<String, Parameter> parameters() {
         return new LinkedHashMap<>(mine);
