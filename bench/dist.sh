@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Data-parallel training on CPU under Open MPI: throughput per rank at np 1 and 2, and the bytes each rank hands
-# to the collectives per step in every mode, checked against the analytic formula.
+# Data-, tensor- and pipeline-parallel training on CPU under Open MPI: throughput per rank at np 1 and 2, and the bytes each
+# rank hands to the collectives per step in every mode, checked against the analytic formula.
 #
-# Usage (from anywhere): bench/dist.sh [--steps 20] [--n-layer 4] [--n-embd 128] [--block-size 64] [--batch 12]
-#                                      [--modes ddp,zero1,zero2,zero3,tp2,dp2tp2]
+# Usage (from anywhere): bench/dist.sh [--steps 20] [--n-layer 4] [--n-embd 128] [--block-size 64] [--batch 12] [--micro 4]
+#        [--modes ddp,zero1,zero2,zero3,tp2,dp2tp2,pp2_1f1b,pp2_gpipe,tp2pp2] (a subset runs only those; commas or spaces)
 #
 # What it does:
 #   1. builds target/kiln.jar once (the ranks then run it with KILN_NO_BUILD=1, so they never build concurrently);
 #   2. tok/s: the default job's model, train.threads=1 per rank (2 ranks on this 2-core machine), --steps steps,
-#      once as a plain process (np 1) and once per mode under mpirun -np 2 (ddp, zero1, zero2, zero3);
+#      once as a plain process (np 1) and once per mode under mpirun -np 2 (ddp, zero1, zero2, zero3, and pipeline
+#      parallel pp 2 with the 1f1b and the gpipe schedule over --micro micro-batches);
 #      "tok/s per rank" = the run's global tokens per second / np;
 #   3. bytes per step: each np-2 mode also runs --steps + 10 steps; the difference of the two runs' communication
 #      counts (kiln prints them at the end, rank 0's) over 10 steps is what one step hands to MPI, free of the one-time
@@ -30,11 +31,19 @@
 #      and dp2tp2 adds the data-parallel all-reduce of each shard's gradients, 4·P_t + 8, with the parameters per
 #      rank P_t = T·C + 2C + 6LC (replicated: wpe, LayerNorms, c_proj biases) + (V_t·C + L·(12C² + 7C))/t, where
 #      V_t is the vocabulary padded to a multiple of t.
+#        pp    (p stages, m micro-batches of b = B/m rows, one activation or gradient A = b·T·C·4 bytes):
+#              all the stages together send 2·(p−1)·m·A (each of the p−1 boundaries: m activations forward, m
+#              gradients back; "pipeline_send_all_stages"); rank 0 (stage 0) sends m·A and receives m·A, and
+#              all-reduces 4·V·C (the tied wte's gradient, summed with the last stage) + 16 (loss and gradient norm)
+#        tp2pp2 (np 4: tp 2 inside each of 2 stages, 1F1B over m micro-batches; rank 0 = stage 0, tp rank 0): the sum
+#              of the two, restricted to stage 0: pp's send m·A, recv m·A (activations are whole, b·T·C, after each
+#              block's g), all-reduce 4·(V_t/2)·C (its wte shard) + 16; tp's all-reduce 16·L_0·B·T·C (its L_0 blocks)
+#              + 4·B·T·C (the embedding's g; the head and cross-entropy are the last stage's) + 8 (the clipping norm)
 #   4. prints a table and writes bench/results/dist-<date>.json; exits 1 if any mode disagrees with the formula.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=20 L=4 C=128 T=64 B=12 MODES=ddp,zero1,zero2,zero3,tp2,dp2tp2
+STEPS=20 L=4 C=128 T=64 B=12 M=4 MODES=ddp,zero1,zero2,zero3,tp2,dp2tp2,pp2_1f1b,pp2_gpipe,tp2pp2
 while (( $# )); do
     case $1 in
         --steps) STEPS=$2; shift 2 ;;
@@ -42,6 +51,7 @@ while (( $# )); do
         --n-embd) C=$2; shift 2 ;;
         --block-size) T=$2; shift 2 ;;
         --batch) B=$2; shift 2 ;;
+        --micro) M=$2; shift 2 ;;
         --modes) MODES=$2; shift 2 ;;
         *) echo "bench/dist.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -52,6 +62,7 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 mkdir -p bench/results
 
+MODES=${MODES// /,}
 bin/kiln --version >/dev/null   # builds target/kiln.jar if needed
 export KILN_NO_BUILD=1
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
@@ -81,10 +92,19 @@ for mode in tp2:2 dp2tp2:4; do
     run "$name" "$STEPS" "$np" --set parallel.tp=2
     run "${name}_long" $((STEPS + 10)) "$np" --set parallel.tp=2
 done
+for sched in 1f1b gpipe; do
+    [[ ",$MODES," == *",pp2_$sched,"* ]] || continue
+    run "pp2_$sched" "$STEPS" 2 --set parallel.pp=2 --set parallel.pp_schedule=$sched --set parallel.micro_batches=$M
+    run "pp2_${sched}_long" $((STEPS + 10)) 2 --set parallel.pp=2 --set parallel.pp_schedule=$sched --set parallel.micro_batches=$M
+done
+if [[ ",$MODES," == *",tp2pp2,"* ]]; then
+    run tp2pp2 "$STEPS" 4 --set parallel.tp=2 --set parallel.pp=2 --set parallel.micro_batches=$M
+    run tp2pp2_long $((STEPS + 10)) 4 --set parallel.tp=2 --set parallel.pp=2 --set parallel.micro_batches=$M
+fi
 
-"$PYTHON" - "$OUT" "$MODES" "$STEPS" "$L" "$C" "$T" "$B" <<'PY'
+"$PYTHON" - "$OUT" "$MODES" "$STEPS" "$L" "$C" "$T" "$B" "$M" <<'PY'
 import json, os, re, sys, datetime
-out, modes, (steps, L, C, T, B) = sys.argv[1], sys.argv[2].split(","), map(int, sys.argv[3:])
+out, modes, (steps, L, C, T, B, M) = sys.argv[1], sys.argv[2].split(","), map(int, sys.argv[3:])
 def text(name): return open(f"{out}/{name}.out").read()
 def tok_s(name): return float(re.search(r"steps in \S+ \(([\d,]+) tok/s\)", text(name)).group(1).replace(",", ""))
 def comm(name): return json.loads(re.search(r"kiln: communication (\{.*\})", text(name)).group(1))
@@ -105,11 +125,18 @@ def params_per_rank(t):
 tp_formula = {"tp2": {"all_reduce": tp_bytes(2, B)}, "dp2tp2": {"all_reduce": tp_bytes(2, B // 2)}}
 formula["tp2"] = {"all_reduce": tp_bytes(2, B)}
 formula["dp2tp2"] = {"all_reduce": tp_bytes(2, B // 2) + 4*params_per_rank(2) + 8}
-ranks = {"tp2": 2, "dp2tp2": 4}
+A, stages = (B // M) * T * C * 4, 2  # one micro-batch's activation (or its gradient), fp32
+for sched in ("1f1b", "gpipe"):
+    formula["pp2_" + sched] = {"send": M*A, "recv": M*A, "all_reduce": 4*V*C + 16, "pipeline_send_all_stages": 2*(stages - 1)*M*A}
+L0 = L // stages + (1 if L % stages else 0)  # stage 0's blocks (the spare ones go early)
+tp_formula["tp2pp2"] = {"all_reduce": 16*L0*B*T*C + 4*B*T*C + 8}
+formula["tp2pp2"] = {"send": M*A, "recv": M*A, "all_reduce": tp_formula["tp2pp2"]["all_reduce"] + 4*(-(-V // 2))*C + 16,
+                     "pipeline_send_all_stages": 2*(stages - 1)*M*A}
+ranks = {"tp2": 2, "dp2tp2": 4, "tp2pp2": 4}
 n = 2
 rows, ok = [], True
 base = tok_s("np1")
-print(f"GPT L{L} C{C} T{T} vocab {V}: P = {P:,} parameters ({4*P:,} B fp32); batch {B}, {steps} steps, 1 thread per rank")
+print(f"GPT L{L} C{C} T{T} vocab {V}: P = {P:,} parameters ({4*P:,} B fp32); batch {B}, {steps} steps, 1 thread per rank; pp: {M} micro-batches")
 print(f"{'mode':6} {'np':>2} {'tok/s/rank':>10} {'measured B/step':>44} {'formula B/step':>16} {'ring wire B/step':>16}  agree")
 print(f"{'single':6} {1:>2} {base:>10,.0f}")
 def per_step(a, b):
@@ -126,13 +153,16 @@ for mode in [m for m in formula if m in modes]:
         agree = agree and tp_exact and tp_per == tp_formula[mode]
     ok &= agree
     meas = ", ".join(f"{k} {v:,}" for k, v in sorted(per.items()))
-    print(f"{mode:6} {n:>2} {tok_s(mode)/n:>10,.0f} {meas:>44} {sum(formula[mode].values()):>16,} {wire:>16,.0f}  {'yes' if agree else 'NO: ' + str(formula[mode])}")
+    handed = sum(v for k, v in formula[mode].items() if k not in ("recv", "pipeline_send_all_stages"))  # what rank 0 hands to MPI
+    print(f"{mode:6} {n:>2} {tok_s(mode)/n:>10,.0f} {meas:>44} {handed:>16,} {wire:>16,.0f}  {'yes' if agree else 'NO: ' + str(formula[mode])}")
     if mode in tp_formula: print(f"{'':6} {'':>2} {'':>10} {'of which tp group: ' + str(tp_per):>44} {sum(tp_formula[mode].values()):>16,}")
+    if "pipeline_send_all_stages" in per:
+        print(f"{'':6}    pipeline: all stages sent {per['pipeline_send_all_stages']:,} B/step = 2·(p−1)·m·b·T·C·4; ideal bubble (p−1)/(m+p−1) = {1/(M+1):.3f}")
     rows.append({"mode": mode, "np": n, "tok_per_s_per_rank": tok_s(mode)/n, "bytes_per_step": per, "formula": formula[mode],
                  "ring_wire_bytes_per_step": wire, "agree": agree}
                 | ({"tp_bytes_per_step": tp_per, "tp_formula": tp_formula[mode]} if mode in tp_formula else {}))
 res = {"date": datetime.date.today().isoformat(), "model": {"n_layer": L, "n_embd": C, "block_size": T, "vocab": V, "params": P},
-       "batch": B, "steps": steps, "single_tok_per_s": base, "modes": rows}
+       "batch": B, "micro_batches": M, "steps": steps, "single_tok_per_s": base, "modes": rows}
 path = f"bench/results/dist-{res['date']}.json"
 json.dump(res, open(path, "w"), indent=1)
 print("wrote", path)

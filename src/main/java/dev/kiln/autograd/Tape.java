@@ -162,6 +162,59 @@ public final class Tape {
     public static void backward(Tensor output, Tensor gradOut) {
         Tape t = CURRENT.get();
         if (!output.requiresGrad()) throw new IllegalStateException("backward() on a tensor that does not require grad");
+        try {
+            run(t.nodes, t.gradReady, output, gradOut);
+        } finally {
+            t.nodes.clear();
+        }
+    }
+
+    /**
+     * Takes what this thread's tape recorded so far out as a {@link Graph} of its own and leaves the tape empty: a
+     * pipeline stage records one graph per micro-batch, keeps several in flight and runs the backward of each later,
+     * when its output gradient arrives.
+     */
+    public static Graph take() {
+        Tape t = CURRENT.get();
+        Graph g = new Graph(new ArrayList<>(t.nodes));
+        t.nodes.clear();
+        return g;
+    }
+
+    /** Recorded nodes taken off the tape ({@link #take}); their backward runs once, later. */
+    public static final class Graph {
+        private List<Node> nodes;
+
+        private Graph(List<Node> nodes) {
+            this.nodes = nodes;
+        }
+
+        /** Number of recorded nodes (0 once backward ran or the graph was dropped). */
+        public int size() {
+            return nodes == null ? 0 : nodes.size();
+        }
+
+        /**
+         * Backpropagates {@code gradOut} = dL/d(output) through this graph's nodes, as {@link Tape#backward(Tensor, Tensor)}
+         * does through the tape's (leaf gradients accumulate, the thread's grad-ready hook is called); then drops them.
+         */
+        public void backward(Tensor output, Tensor gradOut) {
+            if (nodes == null) throw new IllegalStateException("backward() on a graph whose backward already ran or that was dropped");
+            try {
+                run(nodes, CURRENT.get().gradReady, output, gradOut);
+            } finally {
+                nodes = null;
+            }
+        }
+
+        /** Drops the nodes without running them (the closures and what they saved are released). */
+        public void drop() {
+            nodes = null;
+        }
+    }
+
+    private static void run(List<Node> nodes, Consumer<Tensor> gradReady, Tensor output, Tensor gradOut) {
+        if (!output.requiresGrad()) throw new IllegalStateException("backward() on a tensor that does not require grad");
         Grads grads = new Grads();
         try (var ignored = noGradScope(); var a = MemoryTracker.attribute(MemoryCategory.TEMPORARIES)) {
             if (output.isLeaf()) {
@@ -169,9 +222,9 @@ public final class Tape {
                 return;
             }
             grads.seed(output, gradOut);
-            List<List<Tensor>> readyAfter = t.gradReady == null ? null : leavesByEarliestUse(t.nodes);
-            for (int i = t.nodes.size() - 1; i >= 0; i--) {
-                Node n = t.nodes.get(i);
+            List<List<Tensor>> readyAfter = gradReady == null ? null : leavesByEarliestUse(nodes);
+            for (int i = nodes.size() - 1; i >= 0; i--) {
+                Node n = nodes.get(i);
                 if (n.marker != null) {
                     n.marker.run();
                     continue;
@@ -181,10 +234,8 @@ public final class Tape {
                     n.fn.apply(g, grads);
                     if (g != gradOut) g.release();
                 }
-                if (readyAfter != null && readyAfter.get(i) != null) for (Tensor leaf : readyAfter.get(i)) t.gradReady.accept(leaf);
+                if (readyAfter != null && readyAfter.get(i) != null) for (Tensor leaf : readyAfter.get(i)) gradReady.accept(leaf);
             }
-        } finally {
-            t.nodes.clear();
         }
     }
 

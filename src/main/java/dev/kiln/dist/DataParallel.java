@@ -54,13 +54,13 @@ public final class DataParallel {
 
     private record Bucket(List<Parameter> unpack, MemorySegment send, MemorySegment buf, Work work) {}
 
-    private DataParallel(ProcessGroup group, Module model, int stage, double bucketMb) {
+    private DataParallel(ProcessGroup group, Map<String, Parameter> params, int stage, double bucketMb) {
         this.group = group;
         this.stage = stage;
         this.rank = group.rank();
         this.ranks = group.size();
         this.bucketBytes = Math.max(4, (long) (bucketMb * (1 << 20)));
-        this.params = model.trainableParameters();
+        this.params = new LinkedHashMap<>(params);
         params.forEach((k, p) -> names.put(p, k));
         this.owners = new ParameterOwners(params, ranks);
         for (var e : params.entrySet()) FlatF32.data(e.getValue(), e.getKey()); // fail now on a tensor MPI cannot take
@@ -75,13 +75,27 @@ public final class DataParallel {
         if (zeroStage < 0 || zeroStage > 3) throw new DistException("parallel.zero_stage must be 0, 1, 2 or 3, got " + zeroStage);
         active = null;
         if (group.size() == 1) return null;
-        DataParallel dp = new DataParallel(group, model, zeroStage, bucketMb);
+        DataParallel dp = new DataParallel(group, model.trainableParameters(), zeroStage, bucketMb);
         dp.checkSameWeights();
         if (zeroStage == 3) {
             if (!(model instanceof dev.kiln.nn.models.Gpt gpt)) throw new DistException("ZeRO-3 shards GPT models by block; got " + model.getClass().getSimpleName());
             dp.sharding = new ParameterSharding(group, gpt, dp.params, dp.owners);
             gpt.setUnitHook(dp.sharding);
         }
+        active = dp;
+        return dp;
+    }
+
+    /**
+     * {@link #install(ProcessGroup, Module, int, double)} over some of a model's parameters (a pipeline stage's),
+     * ZeRO stage 0, 1 or 2 (stage 3 shards a whole GPT by block).
+     */
+    public static DataParallel install(ProcessGroup group, Map<String, Parameter> params, int zeroStage, double bucketMb) {
+        if (zeroStage < 0 || zeroStage > 2) throw new DistException("parallel.zero_stage must be 0, 1 or 2 over part of a model, got " + zeroStage);
+        active = null;
+        if (group.size() == 1) return null;
+        DataParallel dp = new DataParallel(group, params, zeroStage, bucketMb);
+        dp.checkSameWeights();
         active = dp;
         return dp;
     }

@@ -88,6 +88,13 @@ public final class TensorParallel implements TensorParallelism {
         group.allReduceMax(v);
     }
 
+    /** {@code x} summed over the shards (one counted all-reduce of one double), e.g. the squared norm of sharded gradients. */
+    public double sumOverShards(double x) {
+        double[] v = {x};
+        sum(v);
+        return v[0];
+    }
+
     @Override
     public Tensor copyToShards(Tensor x) {
         Tensor out = x.copy();

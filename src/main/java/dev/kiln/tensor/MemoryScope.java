@@ -53,6 +53,24 @@ public final class MemoryScope implements AutoCloseable {
         register(t.storage());
     }
 
+    /**
+     * Closes this scope without freeing what it owns: that moves to the enclosing scope (freed when it closes, at the
+     * latest), and the returned handle frees it earlier. A pipeline stage keeps each micro-batch's activations so
+     * until that micro-batch's backward ran (1F1B's memory bound), then frees them.
+     */
+    public Runnable closeKeeping() {
+        if (closed) throw new IllegalStateException("memory scope already closed");
+        ArrayDeque<MemoryScope> stack = STACK.get();
+        if (stack.peek() != this) throw new IllegalStateException("memory scopes must close in reverse order of opening");
+        closed = true;
+        stack.pop();
+        List<Storage> kept = new ArrayList<>(owned);
+        owned.clear();
+        MemoryScope outer = stack.peek();
+        if (outer != null && !outer.persistent) outer.owned.addAll(kept);
+        return () -> kept.forEach(Storage::release); // release is idempotent: the enclosing scope's close skips them
+    }
+
     @Override
     public void close() {
         if (closed) return;

@@ -4,6 +4,7 @@ import dev.kiln.autograd.Tape;
 import dev.kiln.data.Batch;
 import dev.kiln.data.BatchSampler;
 import dev.kiln.data.TokenShard;
+import dev.kiln.dist.PipelineParallel;
 import dev.kiln.nn.models.CausalLm;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Tensor;
@@ -45,7 +46,8 @@ public final class Evaluation {
             for (int i = 0; i < iters; i++) {
                 try (var scope = MemoryScope.open()) {
                     Batch batch = s.next();
-                    sum += model.loss(model.ids(batch.inputs(), b, t), model.ids(batch.targets(), b, t)).item();
+                    PipelineParallel pipe = PipelineParallel.active(); // pipeline parallel: through the stages
+                    sum += pipe != null ? pipe.evalLoss(batch) : model.loss(model.ids(batch.inputs(), b, t), model.ids(batch.targets(), b, t)).item();
                 }
             }
         } finally {

@@ -4,6 +4,7 @@ import dev.kiln.dist.DataParallel;
 import dev.kiln.dist.DistException;
 import dev.kiln.dist.ParallelLayout;
 import dev.kiln.dist.MpiProcessGroup;
+import dev.kiln.dist.PipelineParallel;
 import dev.kiln.dist.ProcessGroup;
 import dev.kiln.nn.models.CausalLm;
 import dev.kiln.train.config.ParallelConfig;
@@ -56,13 +57,14 @@ final class ParallelRun {
 
     static DataParallel start(RunConfig cfg, CausalLm model, PrintStream out) {
         DataParallel.uninstall();
+        PipelineParallel.uninstall();
         if (!ProcessGroup.launchedByMpirun()) return null;
         ParallelConfig pc = cfg.parallel();
         MpiProcessGroup.setTimeoutSeconds(pc.timeout_s());
         ParallelLayout layout = layout(cfg);
         if (layout.tpSize() > 1 && !TensorParallelRun.active()) // the Trainer shards the model first (TensorParallelRun.shard)
             throw new TrainingException("parallel.tp > 1: the model was not sharded for tensor parallelism");
-        if (layout.ppSize() > 1) throw new TrainingException("parallel.pp > 1: pipeline parallelism is not built yet");
+        if (layout.ppSize() > 1) return PipelineRun.start(cfg, layout, model, out);
         ProcessGroup world = layout.dp();
         int n = world.size();
         if (n == 1) return null;
@@ -88,29 +90,38 @@ final class ParallelRun {
     }
 
     /**
-     * Under data parallelism, one line of what this rank handed to each kind of collective in the whole run (payload
+     * Under data or pipeline parallelism, one line of what this rank handed to each kind of collective in the whole run (payload
      * bytes, see {@link dev.kiln.dist.CommStats}) and the ring-algorithm estimate of what it sent: bench/dist.sh
      * takes the difference of two runs of different lengths to get the bytes per step.
      */
     static void reportCommunication(PrintStream out) {
         DataParallel dp = DataParallel.active();
         var tp = dev.kiln.dist.TensorParallel.active();
-        if (dp == null && tp == null) return;
-        var st = (dp != null ? dp.group() : tp.group()).stats(); // every group's calls: one count per process
+        PipelineParallel pipe = PipelineParallel.active();
+        if (dp == null && tp == null && pipe == null) return;
+        var st = (dp != null ? dp.group() : tp != null ? tp.group() : pipe.group()).stats(); // every group's calls: one count per process
         var k = dev.kiln.dist.CommStats.Kind.class;
         StringBuilder sb = new StringBuilder("kiln: communication {");
         for (var kind : k.getEnumConstants())
             sb.append('"').append(kind.name().toLowerCase()).append("\": ").append(st.bytes(kind)).append(", ");
-        double wire = st.wireBytes(dp == null ? 1 : dp.group().size());
+        // ring estimate with every collective in a group of the data-parallel size (pp without dp: 2, the tied wte's group)
+        int n = dp != null ? dp.group().size() : pipe != null ? 2 : 1;
+        double wire = st.wireBytes(n);
         if (tp != null) { // the tensor-parallel share on its own, and on the wire over its own group's size
             var ts = tp.stats();
-            wire += ts.wireBytes(tp.size()) - ts.wireBytes(dp == null ? 1 : dp.group().size());
+            wire += ts.wireBytes(tp.size()) - ts.wireBytes(n);
             sb.append("\"tp\": {");
             for (var kind : k.getEnumConstants())
                 if (ts.calls(kind) > 0) sb.append('"').append(kind.name().toLowerCase()).append("\": ").append(ts.bytes(kind)).append(", ");
             sb.append("\"calls\": ").append(java.util.Arrays.stream(k.getEnumConstants()).mapToLong(ts::calls).sum()).append("}, ");
         }
-        sb.append("\"ring_wire_bytes\": ").append(Math.round(wire)).append('}');
+        sb.append("\"ring_wire_bytes\": ").append(Math.round(wire));
+        if (pipe != null) { // collective: every stage adds what it sent point to point
+            double[] sent = {st.bytes(dev.kiln.dist.CommStats.Kind.SEND)};
+            pipe.group().allReduceSum(sent);
+            sb.append(", \"pipeline_send_all_stages\": ").append(Math.round(sent[0]));
+        }
+        sb.append('}');
         out.println(sb);
     }
 }

@@ -2,6 +2,8 @@ package dev.kiln.train;
 
 import dev.kiln.KilnException;
 import dev.kiln.dist.DataParallel;
+import dev.kiln.dist.PipelineParallel;
+import dev.kiln.dist.StageOptimizer;
 import dev.kiln.dist.ShardedOptimizer;
 import dev.kiln.nn.Parameter;
 import dev.kiln.hf.HfDirectory;
@@ -79,14 +81,17 @@ public final class RunSetup {
 
     /**
      * The optimizer {@code optim.optimizer} names, over the standard decay / no-decay groups of the trainable parameters
-     * (LoRA: the adapters only); under ZeRO (parallel.zero_stage >= 1) this rank's optimizer covers only the parameters it owns.
+     * (LoRA: the adapters only); under ZeRO (parallel.zero_stage >= 1) this rank's optimizer covers only the parameters it owns,
+     * under pipeline parallelism only its stage's.
      */
     public static Optimizer optimizer(OptimConfig oc, CausalLm model) {
         try (var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
+            PipelineParallel pipe = PipelineParallel.active(); // pipeline parallel: this stage's parameters only
+            Map<String, Parameter> trainable = pipe == null ? model.trainableParameters() : pipe.parameters();
             DataParallel dp = DataParallel.active();
-            if (dp == null || dp.zeroStage() == 0) return newOptimizer(oc, model, model.trainableParameters());
-            return new ShardedOptimizer(newOptimizer(oc, model, dp.optimizerShard(model.trainableParameters())), dp,
-                    () -> newOptimizer(oc, model, model.trainableParameters()));
+            Optimizer opt = dp == null || dp.zeroStage() == 0 ? newOptimizer(oc, model, trainable)
+                    : new ShardedOptimizer(newOptimizer(oc, model, dp.optimizerShard(trainable)), dp, () -> newOptimizer(oc, model, trainable));
+            return pipe == null ? opt : new StageOptimizer(opt, trainable.keySet(), () -> newOptimizer(oc, model, model.trainableParameters()));
         }
     }
 

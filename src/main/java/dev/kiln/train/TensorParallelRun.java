@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import dev.kiln.dist.DataParallel;
 import dev.kiln.dist.MpiProcessGroup;
 import dev.kiln.dist.ParallelLayout;
+import dev.kiln.dist.PipelineParallel;
 import dev.kiln.dist.ProcessGroup;
 import dev.kiln.dist.TensorParallel;
 import dev.kiln.nn.Parameter;
@@ -91,7 +92,6 @@ final class TensorParallelRun {
             why = "averaging: is not supported with tensor parallelism (the averages are not consolidated into checkpoints)";
         else if (cfg.parallel().zero_stage() > 1)
             why = "parallel.zero_stage " + cfg.parallel().zero_stage() + " is not supported with tensor parallelism; use 0 or 1";
-        else if (cfg.parallel().pp() > 1) why = "parallel.pp > 1 cannot be combined with parallel.tp > 1 yet";
         else if (!OPTIMIZERS.contains(cfg.optim().optimizer()))
             why = "optim.optimizer " + cfg.optim().optimizer() + " is not supported with tensor parallelism (its state or update is not per element); use one of " + OPTIMIZERS;
         if (why != null) throw new TrainingException("parallel.tp " + cfg.parallel().tp() + ": " + why);
@@ -100,11 +100,19 @@ final class TensorParallelRun {
     /**
      * Saves the checkpoint of {@code state}: the shards' parameters and optimizer state are gathered into a whole model
      * and optimizer on tp rank 0 of data-parallel rank 0 (ZeRO-1: the optimizer gathered over dp first), which writes
-     * it as a single process would. Collective over the ranks that hold a part; returns the checkpoint's directory.
+     * it as a single process would; under pipeline parallelism each stage's shards are gathered and the stages sent to
+     * world rank 0 ({@link PipelineParallel#saveFromLeadSharded}). Collective over the ranks that hold a part; returns
+     * the checkpoint's directory.
      */
     static Path save(CheckpointStore store, CausalLm model, Optimizer opt, CheckpointStore.TrainerState state, JsonNode config, int keep) {
         TensorParallel tp = TensorParallel.active();
         Path dir = store.stepDirectory(state.step());
+        PipelineParallel pipe = PipelineParallel.active();
+        if (pipe != null) // tp × pp: gathered over tp within each stage, then over the stages, on world rank 0
+            return pipe.saveFromLeadSharded(opt, () -> {
+                Gpt m = new Gpt(((Gpt) model).config, 0, DType.F32); // its random init is overwritten
+                return new PipelineParallel.WholeModel(m, RunSetup.optimizer(optim, m, m.trainableParameters()));
+            }, w -> store.save(w.model(), w.optimizer(), List.of(), state, config, keep), dir);
         Function<Optimizer, Path> write = o -> {
             Whole whole = consolidate((Gpt) model, o, tp);
             if (whole == null) return dir;
@@ -167,7 +175,9 @@ final class TensorParallelRun {
 
     /**
      * Restores a checkpoint (written by any run: whole-model format) into this shard: loads it into a whole model and
-     * optimizer, then keeps this rank's slices of the parameters and of the optimizer state.
+     * optimizer, then keeps this rank's slices of the parameters and of the optimizer state (under pipeline
+     * parallelism the trainer restores the other stages' parameters around this call, and the stage optimizer keeps
+     * its stage's entries).
      */
     static CheckpointStore.TrainerState load(Path checkpoint, CausalLm model, Optimizer opt) {
         TensorParallel tp = TensorParallel.active();

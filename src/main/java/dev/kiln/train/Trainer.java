@@ -11,6 +11,7 @@ import dev.kiln.data.WindowScores;
 import dev.kiln.data.PreparedData;
 import dev.kiln.data.TokenShard;
 import dev.kiln.dist.DataParallel;
+import dev.kiln.dist.PipelineParallel;
 import dev.kiln.nn.Qat;
 import dev.kiln.nn.models.Generator;
 import dev.kiln.nn.models.CausalLm;
@@ -216,8 +217,11 @@ public final class Trainer {
                                                         LayerDrop layerDrop) {
         DataParallel dp = DataParallel.active();
         if (dp != null) dp.gatherAllParameters(); // ZeRO-3: the checkpoint is loaded into whole parameters
+        PipelineParallel pipe = PipelineParallel.active(); // pipeline: loaded whole, then cut to this stage again
+        if (pipe != null) pipe.restoreAll();
         CheckpointStore.TrainerState st = TensorParallelRun.active() ? TensorParallelRun.load(checkpoint, model, opt)
                 : CheckpointStore.load(checkpoint, model, opt, averages);
+        if (pipe != null) pipe.evictOthers();
         sampler.restore(st.samplerState());
         long[] counts = st.memberTokens();
         int members = sampler.memberTokens().length;
@@ -302,7 +306,9 @@ public final class Trainer {
                 if (batchObserver != null) for (Batch mb : micro) batchObserver.accept(step, mb);
                 DataParallel dp = DataParallel.active();
                 if (dp != null) micro = micro.stream().map(dp::slice).toList(); // this rank's rows of each global micro-batch
-                TrainStep.StepResult r = GradAccumulation.step(model, opt, micro, lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss(), tc.select_fraction());
+                PipelineParallel pipe = PipelineParallel.active(); // pipeline parallel: the stages run this rank's rows in micro-batches
+                TrainStep.StepResult r = pipe == null ? GradAccumulation.step(model, opt, micro, lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss(), tc.select_fraction())
+                        : pipelineStep(pipe, opt, micro.getFirst(), lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss());
                 model.setLayerPlan(null, null);
                 long done = step + 1;
                 if (!r.overflow() && (!Double.isFinite(r.loss()) || !Double.isFinite(r.gradNorm()))) {
@@ -408,6 +414,7 @@ public final class Trainer {
                                 model.depth(), layerDrop == null ? 0 : layerDrop.rngState(),
                                 cfg.data().mixture().isBlank() ? new long[0] : sampler.memberTokens());
                         lastCheckpoint = TensorParallelRun.active() ? TensorParallelRun.save(store, model, opt, state, configJson, tc.keep_checkpoints())
+                                : pipe != null ? pipe.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done))
                                 : dp == null ? store.save(model, opt, averages, state, configJson, tc.keep_checkpoints())
                                 : dp.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done));
                     } catch (TrainingException e) {
@@ -466,6 +473,7 @@ public final class Trainer {
         }
         String sample = "";
         if (tc.sample_tokens() > 0) {
+            if (PipelineParallel.active() != null) PipelineParallel.active().gatherModel(); // every rank samples from the whole model
             int[] prompt = data.tokenizer().encode(tc.sample_prompt());
             int[] seq = Generator.generate(model, prompt, tc.sample_tokens(), 0.8, 200, new Rng(tc.seed() + 2));
             sample = data.tokenizer().decode(seq);
@@ -474,6 +482,11 @@ public final class Trainer {
             out.println("----------------");
         }
         return new Result(runDir, start, lastDone, losses, finalVal, seconds, tokPerSec, sample, null, endedBy, held);
+    }
+
+    private static TrainStep.StepResult pipelineStep(PipelineParallel pipe, Optimizer opt, Batch batch, double lr, double clip, double smoothing, double zLoss) {
+        PipelineParallel.StepResult r = pipe.step(opt, batch, lr, clip, smoothing, zLoss);
+        return new TrainStep.StepResult(r.loss(), r.gradNorm());
     }
 
     /** With a mixture, the input tokens drawn from each member so far, as {@code member_tokens: [..]}. */

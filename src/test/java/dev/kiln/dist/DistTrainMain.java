@@ -58,8 +58,10 @@ public final class DistTrainMain {
     /** CRC-32 of the raw bits of every parameter that is not a tensor-parallel shard, in model order. */
     private static long replicatedChecksum(TensorParallel tp) {
         var crc = new java.util.zip.CRC32();
+        PipelineParallel pipe = PipelineParallel.active(); // tp × pp: this stage's parameters (the others are evicted)
+        var held = pipe == null ? null : java.util.Set.copyOf(pipe.parameters().values());
         for (var p : tp.model().parameters()) {
-            if (tp.isSharded(p)) continue;
+            if (tp.isSharded(p) || held != null && !held.contains(p)) continue;
             for (float v : p.toFloatArray()) {
                 int bits = Float.floatToRawIntBits(v);
                 crc.update(new byte[]{(byte) bits, (byte) (bits >> 8), (byte) (bits >> 16), (byte) (bits >> 24)});

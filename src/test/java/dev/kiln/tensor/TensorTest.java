@@ -76,6 +76,25 @@ class TensorTest {
     }
 
     @Test
+    void aScopeClosedKeepingHandsItsMemoryToTheHandleAndTheEnclosingScope() {
+        Tensor a, b;
+        try (var step = MemoryScope.open()) {
+            var micro = MemoryScope.open();
+            a = Tensor.zeros(8);
+            Runnable free = micro.closeKeeping();
+            assertEquals(0.0, a.getFlat(7), "kept past its own scope");
+            var micro2 = MemoryScope.open();
+            b = Tensor.zeros(8);
+            micro2.closeKeeping(); // never freed early: the step scope frees it
+            free.run();
+            assertTrue(a.storage().isReleased(), "the handle frees it before the step ends");
+            assertEquals(0.0, b.getFlat(0));
+            assertThrows(IllegalStateException.class, micro::closeKeeping);
+        }
+        assertTrue(b.storage().isReleased(), "the enclosing scope frees what was kept");
+    }
+
+    @Test
     void steadyStateStepsReuseCachedBlocks() {
         for (int i = 0; i < 3; i++) step();
         long before = HostAllocator.freshAllocations();

@@ -267,41 +267,76 @@ public final class Gpt extends CausalLm {
         return tp.vocabParallelCrossEntropy(shardLogits(idx), targets, vocabStart, config.vocab_size(), labelSmoothing, zLoss);
     }
 
-    /** The logits of this shard's vocabulary rows (all of them without tensor parallelism). */
+    /**
+     * The logits of this shard's vocabulary rows (all of them without tensor parallelism): {@link #embed}, every
+     * {@link #block}, {@link #head}.
+     */
     private Tensor shardLogits(Tensor idx) {
+        UnitHook hook = unitHook;
+        if (hook != null) hook.enter(-1);
+        Tensor x = embed(idx);
+        for (int i = 0; i < blocks.size(); i++) x = block(i, x);
+        Tensor logits = head(x);
+        if (hook != null) hook.exit(-1);
+        return logits;
+    }
+
+    /**
+     * The start of the forward: token plus position embeddings (the token one vocabulary-parallel under tensor
+     * parallelism), dropout; idx int32 (B, T) → (B, T, C). Pipeline parallelism runs the model in these pieces, stage 0
+     * this one.
+     */
+    public Tensor embed(Tensor idx) {
         int t = idx.size(1);
         if (t > config.block_size())
             throw new IllegalArgumentException("sequence length " + t + " exceeds block_size " + config.block_size());
         int[] pos = new int[t];
         for (int i = 0; i < t; i++) pos[i] = i;
-        UnitHook hook = unitHook;
-        if (hook != null) hook.enter(-1);
         Tensor tokens = tp == null ? wte.forward(idx) : tp.vocabParallelEmbedding(idx, wte.weight, vocabStart);
         Tensor x = Arith.add(tokens, wpe.forward(Tensor.ofInts(idx.device(), pos, t)));
-        x = drop.forward(x);
+        return drop.forward(x);
+    }
+
+    /** Block {@code i} of the forward on x (B, T, C), with the layer plan, recomputation and hooks that apply. */
+    public Tensor block(int i, Tensor x) {
         boolean planned = keep != null && isTraining(); // layer drop: training only, never in eval
-        for (int i = 0; i < blocks.size(); i++) {
-            if (planned && !keep[i]) {
-                blocksSkipped++;
-                continue;
-            }
-            Block block = blocks.get(i);
-            double scale = planned ? 1.0 / keepProb[i] : 1.0;
-            if (hook != null) hook.enter(i);
-            if (hooks != null) x = hooks.beforeBlock(i, x);
-            x = recompute == Recompute.FULL
-                    ? Checkpoint.apply(in -> block.forward(in, scale, Recompute.NONE), x, dropoutRng, block.parameters())
-                    : block.forward(x, scale, recompute);
-            if (hooks != null) x = hooks.afterBlock(i, x);
-            if (hook != null) hook.exit(i);
-            blocksRun++;
+        if (planned && !keep[i]) {
+            blocksSkipped++;
+            return x;
         }
+        Block block = blocks.get(i);
+        double scale = planned ? 1.0 / keepProb[i] : 1.0;
+        UnitHook hook = unitHook;
+        if (hook != null) hook.enter(i);
+        if (hooks != null) x = hooks.beforeBlock(i, x);
+        x = recompute == Recompute.FULL
+                ? Checkpoint.apply(in -> block.forward(in, scale, Recompute.NONE), x, dropoutRng, block.parameters())
+                : block.forward(x, scale, recompute);
+        if (hooks != null) x = hooks.afterBlock(i, x);
+        if (hook != null) hook.exit(i);
+        blocksRun++;
+        return x;
+    }
+
+    /**
+     * The end of the forward: final norm, μP's output multiplier, the head tied to wte; x (B, T, C) → logits (B, T,
+     * vocab), under tensor parallelism this shard's vocabulary rows only (see {@link #loss}).
+     */
+    public Tensor head(Tensor x) {
         x = lnF.forward(x);
         double r = config.mupRatio();
         if (r != 1.0) x = Arith.mul(x, r); // μP output multiplier (on the C-wide input of the head: cheaper than on V logits)
-        Tensor logits = Linalg.linear(tp == null ? x : tp.copyToShards(x), wte.weight, null); // vocab-parallel head: f before it
-        if (hook != null) hook.exit(-1);
-        return logits;
+        return Linalg.linear(tp == null ? x : tp.copyToShards(x), wte.weight, null); // vocab-parallel head: f before it
+    }
+
+    /**
+     * {@link #head} and the mean cross-entropy against {@code targets} (−1 ignored): the plain one, or under tensor
+     * parallelism the vocabulary-parallel one of this shard's logits. The last pipeline stage ends with this.
+     */
+    public Tensor headLoss(Tensor x, Tensor targets, double labelSmoothing, double zLoss) {
+        Tensor logits = head(x);
+        return tp == null ? dev.kiln.ops.Losses.crossEntropy(logits, targets, -1, labelSmoothing, zLoss)
+                : tp.vocabParallelCrossEntropy(logits, targets, vocabStart, config.vocab_size(), labelSmoothing, zLoss);
     }
 
     // ---- progressive stacking ------------------------------------------------------------------------
