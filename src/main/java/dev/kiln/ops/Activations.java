@@ -53,7 +53,8 @@ public final class Activations {
     }
 
     /**
-     * Inverted dropout: zeroes each element with probability p and scales the rest by 1/(1−p).
+     * Inverted dropout: zeroes each element with probability p and scales the rest by 1/(1−p). Under data parallelism
+     * the mask is this rank's rows of the global batch's mask ({@link DropoutRows}).
      * Identity when p = 0 or not training. The mask comes from {@code rng}, so it is reproducible.
      */
     public static Tensor dropout(Tensor x, double p, boolean training, Rng rng) {
@@ -62,7 +63,10 @@ public final class Activations {
         Tensor mask = Tensor.empty(x.dtype(), x.shape());
         double keep = 1.0 / (1 - p);
         long n = mask.numel();
+        int part = DropoutRows.part(), parts = DropoutRows.parts();
+        rng.skip(part * n); // data parallel: the draws of the rows before this rank's (see DropoutRows)
         for (long i = 0; i < n; i++) mask.setFlat(i, rng.nextDouble() < p ? 0 : keep);
+        rng.skip((parts - 1 - part) * n); // and after them, so the stream continues where one process's does
         Tensor out = Tensor.empty(x.dtype(), x.shape());
         Backend be = Backend.of(x);
         be.binary(BinaryOp.MUL, x, mask, out);
