@@ -51,6 +51,11 @@ public final class DataParallel {
     // those of the buckets in flight (a few bucket_mb), not a flat copy of every gradient
     private final List<MemorySegment> freeBuffers = new ArrayList<>();
     private ParameterSharding sharding; // ZeRO-3
+    // gradient accumulation (PyTorch's no_sync): micro-batches before the last only accumulate locally; their local
+    // losses wait here and are reduced together with the last one's, in the one 8-byte all-reduce of the step
+    private boolean noSync;
+    private double deferredLoss;
+    private int deferredCount;
 
     private record Bucket(List<Parameter> unpack, MemorySegment send, MemorySegment buf, Work work) {}
 
@@ -83,6 +88,7 @@ public final class DataParallel {
             gpt.setUnitHook(dp.sharding);
         }
         active = dp;
+        dev.kiln.ops.DropoutRows.set(dp.rank, dp.ranks); // dropout masks: this rank's rows of the global batch's
         return dp;
     }
 
@@ -107,6 +113,7 @@ public final class DataParallel {
 
     public static void uninstall() {
         active = null;
+        dev.kiln.ops.DropoutRows.clear();
     }
 
     public ProcessGroup group() {
@@ -140,15 +147,48 @@ public final class DataParallel {
         return global.rows(rows);
     }
 
-    /** The global batch's mean loss from this rank's mean over its (equal-sized) slice; every rank gets the same value. */
+    /**
+     * The global batch's mean loss from this rank's mean over its (equal-sized) slice; every rank gets the same value.
+     * Under {@link #noSync} it returns {@code local} without communicating and keeps it; the next call outside no_sync
+     * returns the mean over all those micro-batches and ranks (non-finite on every rank when any rank's loss of any
+     * of them was), from one all-reduce as without accumulation.
+     */
     public double meanLoss(double local) {
-        double[] v = {local};
+        if (noSync) {
+            deferredLoss += local;
+            deferredCount++;
+            return local;
+        }
+        double[] v = {deferredLoss + local};
+        int micro = deferredCount + 1;
+        deferredLoss = 0;
+        deferredCount = 0;
         group.allReduceSum(v);
-        return v[0] / ranks;
+        return v[0] / ranks / micro;
     }
 
-    /** Starts watching backward: from now on each finished gradient joins a bucket. */
+    /**
+     * Gradient accumulation (PyTorch DDP's no_sync): while on, backward only accumulates this rank's gradients locally
+     * (no hook, no bucket, no communication) and {@link #meanLoss} defers; the first backward after it is switched off
+     * reduces the accumulated gradients in buckets as usual, so a step moves the same bytes whatever the number of
+     * micro-batches. At ZeRO-2/3 every rank keeps the full local gradient until then (the gradients of parameters
+     * it does not own are freed once packed into the last micro-batch's buckets): accumulation costs 4 bytes per
+     * parameter per rank between micro-batches, as DDP's does.
+     */
+    public void noSync(boolean on) {
+        noSync = on;
+    }
+
+    /** Whether {@code local} is true on any rank (a collective: one 8-byte all-reduce). */
+    public boolean anyRank(boolean local) {
+        double[] v = {local ? 1 : 0};
+        group.allReduceMax(v);
+        return v[0] > 0;
+    }
+
+    /** Starts watching backward: from now on each finished gradient joins a bucket (nothing under {@link #noSync}). */
     public void beforeBackward() {
+        if (noSync) return;
         open.clear();
         openElements = 0;
         inFlight.clear();
@@ -238,6 +278,10 @@ public final class DataParallel {
      * the averaged gradients written back (stage 2: only the owned ones).
      */
     public void afterBackward() {
+        if (noSync) {
+            if (sharding != null) sharding.evictRoot();
+            return;
+        }
         Tape.setGradReadyHook(null);
         for (Parameter p : params.values()) if (!queued.containsKey(p)) ready(p);
         launch();

@@ -55,24 +55,28 @@ public final class Activations {
     }
 
     /**
-     * Inverted dropout: zeroes each element with probability p and scales the rest by 1/(1−p).
+     * Inverted dropout: zeroes each element with probability p and scales the rest by 1/(1−p). Under data parallelism
+     * the mask is this rank's rows of the global batch's mask ({@link DropoutRows}).
      * Identity when p = 0 or not training. The mask comes from {@code rng}, so it is reproducible.
      */
     public static Tensor dropout(Tensor x, double p, boolean training, Rng rng) {
         if (!training || p == 0) return x;
         if (p < 0 || p >= 1) throw new IllegalArgumentException("dropout probability must be in [0, 1), got " + p);
         double keep = 1.0 / (1 - p);
+        long n = x.numel();
+        int part = DropoutRows.part(), parts = DropoutRows.parts();
+        rng.skip(part * n); // data parallel: the draws of the rows before this rank's (see DropoutRows)
         Tensor mask;
         if (x.device().kind() == Device.Kind.CPU) {
             mask = Tensor.empty(x.dtype(), x.shape());
-            long n = mask.numel();
             for (long i = 0; i < n; i++) mask.setFlat(i, rng.nextDouble() < p ? 0 : keep);
         } else { // drawn on the host in the same order (the same masks as on the CPU), uploaded from a Java array
-            float[] m = new float[Math.toIntExact(x.numel())];
+            float[] m = new float[Math.toIntExact(n)];
             for (int i = 0; i < m.length; i++) m[i] = rng.nextDouble() < p ? 0 : (float) keep;
             Tensor m32 = Tensor.of(x.device(), m, x.shape());
             mask = x.dtype() == DType.F32 ? m32 : m32.to(x.dtype());
         }
+        rng.skip((parts - 1 - part) * n); // and after them, so the stream continues where one process's does
         Tensor out = Tensor.empty(x.device(), x.dtype(), x.shape());
         Backend be = Backend.of(x);
         be.binary(BinaryOp.MUL, x, mask, out);

@@ -53,6 +53,16 @@ public final class MixedPrecisionOptimizer implements Optimizer {
     private final boolean onDevice;   // real bf16 (autocast) instead of simulated rounding
     private Autocast autocast;        // open from beginStep to endBackward on a device
     private boolean injectOverflow;
+    private java.util.function.UnaryOperator<Boolean> overflowAnywhere = found -> found;
+
+    /**
+     * Data parallelism with sharded gradients (ZeRO-2): each rank checks only the gradients it holds, so the ranks must
+     * agree on skipping; {@code anyRank} turns this rank's finding into "some rank found an inf/NaN" (a collective),
+     * so every rank skips the same steps and keeps the same loss scale.
+     */
+    public void agreeOnOverflow(java.util.function.UnaryOperator<Boolean> anyRank) {
+        this.overflowAnywhere = anyRank;
+    }
 
     public MixedPrecisionOptimizer(Optimizer inner, Map<String, Parameter> trainable, DType half, GradScaler scaler) {
         if (half != DType.F16 && half != DType.BF16) throw new IllegalArgumentException("mixed precision needs F16 or BF16, got " + half);
@@ -125,7 +135,7 @@ public final class MixedPrecisionOptimizer implements Optimizer {
         injectOverflow = false;
         roundGradients();
         if (scaler == null) return false;
-        boolean foundInf = scaler.unscale(params);
+        boolean foundInf = overflowAnywhere.apply(scaler.unscale(params));
         if (foundInf) scaler.update(true);
         return foundInf;
     }

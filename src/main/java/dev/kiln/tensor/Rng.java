@@ -23,6 +23,16 @@ public final class Rng {
         this.spareGaussian = Double.NaN;
     }
 
+    /**
+     * Advances the stream by {@code n} draws of {@link #nextLong} (and so of {@link #nextDouble}) in O(1): SplitMix64's
+     * state moves by a constant per draw. Data-parallel dropout uses it to skip the other ranks' rows.
+     */
+    public void skip(long n) {
+        if (n == 0) return;
+        state += n * 0x9E3779B97F4A7C15L;
+        spareGaussian = Double.NaN;
+    }
+
     public long nextLong() {
         long z = (state += 0x9E3779B97F4A7C15L);
         z = (z ^ (z >>> 30)) * 0xBF58476D1CE4E5B9L;

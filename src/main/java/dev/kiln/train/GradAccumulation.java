@@ -2,6 +2,7 @@ package dev.kiln.train;
 
 import dev.kiln.data.Batch;
 import dev.kiln.data.BatchSampler;
+import dev.kiln.dist.DataParallel;
 import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.optim.GradClip;
@@ -18,6 +19,10 @@ import java.util.List;
  * the summed gradient is that of the mean loss over all k·batch_size sequences: the update equals one step on a
  * k-times-larger batch up to fp32 rounding. Clipping and the update see the accumulated gradient only; under fp16 so
  * does the overflow check (one inf in any micro-batch skips the whole step).
+ * <p>Under data parallelism each rank accumulates its rows of every micro-batch locally and only the last micro-batch's
+ * backward reduces the gradients in buckets ({@link DataParallel#noSync}, PyTorch's no_sync), so a step communicates
+ * the same bytes as without accumulation; the earlier micro-batches' losses are reduced with the last one's, so every
+ * rank decides together whether the step is skipped.
  */
 public final class GradAccumulation {
     private GradAccumulation() {}
@@ -39,16 +44,24 @@ public final class GradAccumulation {
         int k = microBatches.size();
         if (k == 1) return TrainStep.step(model, opt, microBatches.getFirst(), lr, gradClip, labelSmoothing, zLoss, selectFraction);
         if (opt instanceof MixedPrecisionOptimizer mp) return mixedPrecisionStep(model, mp, microBatches, lr, gradClip, labelSmoothing, zLoss, selectFraction);
+        DataParallel dp = DataParallel.active();
         double sum = 0;
-        for (Batch mb : microBatches) {
-            double loss = TrainStep.forwardBackward(model, mb, labelSmoothing, zLoss, selectFraction, 1.0 / k);
-            if (!Double.isFinite(loss)) {
-                model.zeroGrad(); // drop what the earlier micro-batches accumulated
-                return new TrainStep.StepResult(loss, Double.NaN);
+        try {
+            for (int i = 0; i < k; i++) {
+                boolean local = dp != null && i < k - 1; // no_sync: a local loss, reduced with the last micro-batch's
+                if (dp != null) dp.noSync(local);
+                double loss = TrainStep.forwardBackward(model, microBatches.get(i), labelSmoothing, zLoss, selectFraction, 1.0 / k);
+                if (local) continue;
+                if (!Double.isFinite(loss)) {
+                    model.zeroGrad(); // drop what the earlier micro-batches accumulated
+                    return new TrainStep.StepResult(loss, Double.NaN);
+                }
+                sum += dp != null ? loss * k : loss; // data parallel: the last loss is already the mean over all k
             }
-            sum += loss;
+        } finally {
+            if (dp != null) dp.noSync(false);
         }
-        double norm = GradClip.clip(model.parameters(), gradClip);
+        double norm = dp != null ? dp.clip(model.parameters(), gradClip) : GradClip.clip(model.parameters(), gradClip);
         if (Double.isFinite(norm)) opt.step(lr);
         model.zeroGrad();
         return new TrainStep.StepResult(sum / k, norm);
@@ -59,32 +72,39 @@ public final class GradAccumulation {
      * loss is backpropagated × scale/k (fp16's loss scale; 1 for bf16), and after each micro-batch the accumulated
      * gradients are rounded as a half-precision gradient buffer would hold the running sum. After the last one the
      * masters come back and the accumulated gradient is unscaled and checked: an inf/NaN anywhere skips the whole step
-     * and backs the scale off, as one overflowing step does.
+     * and backs the scale off, as one overflowing step does. Under data parallelism the running sum is rounded only
+     * once it has been reduced (after the last micro-batch): rounding each rank's partial sums would round before the
+     * reduction, which the single process never does.
      */
     private static TrainStep.StepResult mixedPrecisionStep(CausalLm model, MixedPrecisionOptimizer mp, List<Batch> microBatches, double lr,
                                                            double gradClip, double labelSmoothing, double zLoss, double selectFraction) {
         int k = microBatches.size();
+        DataParallel dp = DataParallel.active();
         double sum = 0;
         boolean skip;
         mp.beginStep();
         try {
-            for (Batch mb : microBatches) {
-                double loss = TrainStep.forwardBackward(model, mb, labelSmoothing, zLoss, selectFraction, mp.lossScale() / k);
+            for (int i = 0; i < k; i++) {
+                boolean local = dp != null && i < k - 1; // no_sync, as in step()
+                if (dp != null) dp.noSync(local);
+                double loss = TrainStep.forwardBackward(model, microBatches.get(i), labelSmoothing, zLoss, selectFraction, mp.lossScale() / k);
+                if (local) continue;
                 if (!Double.isFinite(loss)) {
                     model.zeroGrad(); // drop what the earlier micro-batches accumulated
                     return new TrainStep.StepResult(loss, Double.NaN);
                 }
                 mp.roundGradients();
-                sum += loss;
+                sum += dp != null ? loss * k : loss;
             }
         } finally {
+            if (dp != null) dp.noSync(false);
             skip = mp.endBackward(); // restores the fp32 master weights whatever happened
         }
         if (skip) {
             model.zeroGrad();
             return new TrainStep.StepResult(sum / k, Double.POSITIVE_INFINITY, true);
         }
-        double norm = GradClip.clip(model.parameters(), gradClip);
+        double norm = dp != null ? dp.clip(model.parameters(), gradClip) : GradClip.clip(model.parameters(), gradClip);
         if (Double.isFinite(norm)) mp.step(lr);
         model.zeroGrad();
         return new TrainStep.StepResult(sum / k, norm);

@@ -70,13 +70,16 @@ public final class RunSetup {
     public static Optimizer optimizer(RunConfig cfg, CausalLm model, Offload offload) {
         Optimizer opt = offload == null ? optimizer(cfg.optim(), model) : offload.optimizer(cfg.optim(), (Gpt) model);
         var tc = cfg.train();
-        return switch (tc.precision()) {
+        Optimizer out = switch (tc.precision()) {
             case "fp16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.F16, tc.loss_scale().equals("dynamic")
                     ? GradScaler.dynamic(GradScaler.DEFAULT_INIT_SCALE, tc.loss_scale_window())
                     : GradScaler.fixed(Double.parseDouble(tc.loss_scale().trim())));
             case "bf16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.BF16, null);
             default -> opt;
         };
+        DataParallel dp = DataParallel.active(); // ZeRO-2: each rank holds only its own gradients, so the ranks vote on overflow
+        if (out instanceof MixedPrecisionOptimizer mp && dp != null && dp.zeroStage() >= 2) mp.agreeOnOverflow(dp::anyRank);
+        return out;
     }
 
     /**

@@ -42,9 +42,11 @@ public final class DistTrainMain {
         // tensor parallel: a checksum of the replicated parameters, which must stay bit-identical on every shard
         TensorParallel tp = TensorParallel.active();
         String replicated = tp == null ? "" : "REPLICATED " + rank + " " + tp.rank() + " " + replicatedChecksum(tp) + "\n";
+        DataParallel dpActive = DataParallel.active();
+        String comm = dpActive == null ? "" : "COMM " + rank + " " + dpActive.group().stats() + "\n";
         // the ranks share mpirun's stdout, where lines can interleave mid-line: the test reads these files instead
         try {
-            java.nio.file.Files.writeString(r.runDir().resolve("result-rank" + rank + ".txt"), sb + "\n" + memory + "\n" + replicated);
+            java.nio.file.Files.writeString(r.runDir().resolve("result-rank" + rank + ".txt"), sb + "\n" + memory + "\n" + replicated + comm);
         } catch (java.io.IOException e) {
             throw new java.io.UncheckedIOException(e);
         }
