@@ -33,6 +33,8 @@ import java.util.Map;
  * Activations and activation gradients are not rounded (they stay fp32 inside the ops); evaluation uses the fp32
  * master weights. bf16 needs no loss scaling (fp32's exponent range). The scaler's state is part of this
  * optimizer's state dict ("grad_scaler.scale", "grad_scaler.growth_tracker"), so checkpoints resume it exactly.
+ * With parameter offload ({@link PagedMasters}) the offloaded parameters' masters are the tier's fp32 copies: no resident
+ * master is kept for them, and their half-precision working copies are made as they are paged in during the step.
  */
 public final class MixedPrecisionOptimizer implements Optimizer {
     /** How much an injected fault multiplies the loss scale for one step: overflows fp16 for any gradient above ~1e-12·(1/scale). */
@@ -43,19 +45,30 @@ public final class MixedPrecisionOptimizer implements Optimizer {
     private final GradScaler scaler; // null for bf16
     private final List<Parameter> params = new ArrayList<>();
     private final List<Tensor> master = new ArrayList<>();
+    private final List<Parameter> all = new ArrayList<>(); // every trainable parameter: gradients rounded, unscaled, checked
+    private final PagedMasters paged; // null: every master is resident
     private boolean injectOverflow;
 
     public MixedPrecisionOptimizer(Optimizer inner, Map<String, Parameter> trainable, DType half, GradScaler scaler) {
+        this(inner, trainable, half, scaler, null);
+    }
+
+    /** {@code paged}: parameters whose masters live in an offload tier (no resident copy; rounded as they are paged in), or null. */
+    public MixedPrecisionOptimizer(Optimizer inner, Map<String, Parameter> trainable, DType half, GradScaler scaler, PagedMasters paged) {
         if (half != DType.F16 && half != DType.BF16) throw new IllegalArgumentException("mixed precision needs F16 or BF16, got " + half);
         if (half == DType.F16 && scaler == null) throw new IllegalArgumentException("fp16 needs a loss scaler");
         this.inner = inner;
         this.half = half;
         this.scaler = half == DType.F16 ? scaler : null;
+        this.paged = paged;
+        java.util.Set<Parameter> elsewhere = paged == null ? java.util.Set.of() : paged.pagedParameters();
         // the masters are optimizer state in the memory account (as ZeRO counts fp32 master weights), not temporaries
         try (var s = MemoryScope.persistent(); var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
             for (Parameter p : trainable.values()) {
                 if (p.dtype() != DType.F32 || !p.isContiguous())
                     throw new IllegalArgumentException("mixed precision needs contiguous F32 master weights, got " + p.dtype() + " " + p.shapeString());
+                all.add(p);
+                if (elsewhere.contains(p)) continue;
                 params.add(p);
                 master.add(Tensor.zerosLike(p));
             }
@@ -85,6 +98,7 @@ public final class MixedPrecisionOptimizer implements Optimizer {
 
     /** Saves the fp32 master weights and rounds the parameters to half precision for forward and backward. */
     public void beginStep() {
+        if (paged != null) paged.beginHalfPrecision(half);
         for (int i = 0; i < params.size(); i++) {
             master.get(i).copyFrom(params.get(i));
             roundInPlace(params.get(i), half);
@@ -98,10 +112,11 @@ public final class MixedPrecisionOptimizer implements Optimizer {
      */
     public boolean endBackward() {
         for (int i = 0; i < params.size(); i++) params.get(i).copyFrom(master.get(i));
+        if (paged != null) paged.endHalfPrecision();
         injectOverflow = false;
         roundGradients();
         if (scaler == null) return false;
-        boolean foundInf = scaler.unscale(params);
+        boolean foundInf = scaler.unscale(all);
         if (foundInf) scaler.update(true);
         return foundInf;
     }
@@ -111,7 +126,7 @@ public final class MixedPrecisionOptimizer implements Optimizer {
      * the running sum is held as a half-precision gradient buffer would hold it ({@link #endBackward} rounds the last).
      */
     public void roundGradients() {
-        for (Parameter p : params) if (p.grad() != null) roundInPlace(p.grad(), half);
+        for (Parameter p : all) if (p.grad() != null) roundInPlace(p.grad(), half);
     }
 
     @Override
@@ -155,7 +170,7 @@ public final class MixedPrecisionOptimizer implements Optimizer {
     }
 
     /** Rounds a contiguous F32 tensor's values to the nearest fp16 / bf16 value (ties to even), in place. */
-    static void roundInPlace(Tensor t, DType half) {
+    public static void roundInPlace(Tensor t, DType half) {
         if (t.dtype() != DType.F32 || !t.isContiguous()) throw new IllegalArgumentException("rounding needs a contiguous F32 tensor, got " + t.dtype());
         MemorySegment s = t.segment().asSlice(t.offset() * 4, t.numel() * 4);
         ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;

@@ -128,8 +128,7 @@ public record PlanShape(int nLayer, int nHead, int nEmbd, int seqLen, int vocab,
 
     /** Whether Kiln trains this combination today (config validation refuses the others as "not yet"). */
     public boolean implemented() {
-        if (llama && (recompute != Recompute.NONE || offloadParams || offloadOptimizer)) return false;
-        return !(mixedPrecision() && offloadParams);
+        return !(llama && (recompute != Recompute.NONE || offloadParams || offloadOptimizer));
     }
 
     /** Whether the CPU backend takes the small-head attention kernel (T·D ≤ 8192), which needs no T×T scratch. */

@@ -151,6 +151,15 @@ class MemoryPlannerTest {
         compare(with(OFFLOAD, "train.offload_params=disk", "train.batch_size=2", "train.grad_accum_steps=2"));
     }
 
+    /** Parameter offload under mixed precision: only the resident parameters' fp32 masters are optimizer state. */
+    @Test
+    void parameterOffloadWithMixedPrecisionWithinTenPercent() {
+        compare(with(OFFLOAD, "train.offload_params=disk", "train.offload_optimizer=disk", "train.precision=bf16"));
+        compare(with(OFFLOAD, "train.offload_params=disk", "train.precision=fp16", "train.recompute=full"));
+        compare(with(OFFLOAD, "train.offload_params=disk", "train.offload_optimizer=disk", "train.precision=fp16", "train.batch_size=2",
+                "train.grad_accum_steps=2"));
+    }
+
     // Llama: grouped-query attention (4 heads, 2 K/V heads), SwiGLU of width 160; and one wide head (the general attention kernel)
     private static final String[] LLAMA = {"model.arch=llama", "model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", "model.n_embd=64",
             "model.intermediate_size=160", "model.block_size=64", "train.batch_size=4", "model.dropout=0.0", "model.bias=false"};
