@@ -129,10 +129,14 @@ public final class Offload implements AutoCloseable, PagedMasters {
         if (params != null) params.releaseAll(); // clean page-ins: the rounded copies are dropped, the masters stay in the tier
     }
 
-    /** Block {@code i} was just paged in for forward or backward: under mixed precision, round it to the working copy. */
+    /**
+     * Block {@code i} was just paged in for forward or backward: under mixed precision, round its trainable parameters to
+     * the working copy (as MixedPrecisionOptimizer rounds the resident ones; frozen weights, e.g. under LoRA, stay fp32).
+     */
     private void roundWorkingCopy(int i) {
         DType h = half;
-        if (h != null) for (Tensor t : blockTensors.get(i)) MixedPrecisionOptimizer.roundInPlace(t, h);
+        if (h == null) return;
+        for (Tensor t : blockTensors.get(i)) if (t.requiresGrad()) MixedPrecisionOptimizer.roundInPlace(t, h);
     }
 
     /** Peak resident bytes of the offloaded parameters (of {@link #offloadedParameterBytes()}), or -1 when they are not offloaded. */

@@ -46,14 +46,7 @@ class OffloadMixedPrecisionTest {
 
     /** Losses, loss scales and overflow flags of every step, the final val loss, and the step's checkpoint tensors, bitwise. */
     private static void assertSameRun(Trainer.Result ref, Trainer.Result got, int step) {
-        List<JsonNode> a = SmallRuns.steps(ref), b = SmallRuns.steps(got);
-        assertEquals(a.size(), b.size());
-        for (int i = 0; i < a.size(); i++) {
-            assertEquals(a.get(i).get("loss").asDouble(), b.get(i).get("loss").asDouble(), "loss at step " + (i + 1));
-            assertEquals(a.get(i).path("loss_scale").asDouble(-1), b.get(i).path("loss_scale").asDouble(-1), "loss scale at step " + (i + 1));
-            assertEquals(a.get(i).path("overflow").asBoolean(false), b.get(i).path("overflow").asBoolean(false), "overflow at step " + (i + 1));
-        }
-        assertEquals(ref.finalValLoss(), got.finalValLoss());
+        assertSameLosses(ref, got);
         String ck = String.format("checkpoints/step-%06d/", step);
         try (var s = MemoryScope.open()) {
             for (String f : List.of("model.safetensors", "optimizer.safetensors")) {
@@ -62,6 +55,17 @@ class OffloadMixedPrecisionTest {
                 for (String k : x.keySet()) assertArrayEquals(x.get(k).toDoubleArray(), y.get(k).toDoubleArray(), f + " " + k);
             }
         }
+    }
+
+    private static void assertSameLosses(Trainer.Result ref, Trainer.Result got) {
+        List<JsonNode> a = SmallRuns.steps(ref), b = SmallRuns.steps(got);
+        assertEquals(a.size(), b.size());
+        for (int i = 0; i < a.size(); i++) {
+            assertEquals(a.get(i).get("loss").asDouble(), b.get(i).get("loss").asDouble(), "loss at step " + (i + 1));
+            assertEquals(a.get(i).path("loss_scale").asDouble(-1), b.get(i).path("loss_scale").asDouble(-1), "loss scale at step " + (i + 1));
+            assertEquals(a.get(i).path("overflow").asBoolean(false), b.get(i).path("overflow").asBoolean(false), "overflow at step " + (i + 1));
+        }
+        assertEquals(ref.finalValLoss(), got.finalValLoss());
     }
 
     @Test
@@ -87,6 +91,15 @@ class OffloadMixedPrecisionTest {
         Trainer.Result off2 = SmallRuns.train(tmp, "bf16-offloaded-acc", 15, false,
                 with(with(BF16, more), "train.offload_params=disk", "train.prefetch_depth=1"));
         assertSameRun(ref2, off2, 15);
+    }
+
+    /** LoRA: only the adapters are trainable and rounded; the frozen base weights stay fp32, resident or paged in. */
+    @Test
+    void loraUnderBf16EqualsResidentBitwise() {
+        String[] lora = with(BF16, "lora.rank=4", "lora.alpha=8", "lora.targets=c_attn,c_proj,c_fc", "optim.learning_rate=3e-3");
+        Trainer.Result ref = SmallRuns.train(tmp, "lora-resident", 15, false, lora);
+        Trainer.Result off = SmallRuns.train(tmp, "lora-offloaded", 15, false, with(lora, "train.offload_params=disk", "train.prefetch_depth=1"));
+        assertSameLosses(ref, off);
     }
 
     /** Stopped at step 15 (a checkpoint, after the overflows) and resumed to 30: the run straight through, bit for bit. */
