@@ -14,6 +14,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 
 /**
  * Mixed-precision training around an fp32 optimizer, in the manner of apex's FP16_Optimizer: the parameters hold
@@ -61,7 +62,7 @@ public final class MixedPrecisionOptimizer implements Optimizer {
         this.half = half;
         this.scaler = half == DType.F16 ? scaler : null;
         this.paged = paged;
-        java.util.Set<Parameter> elsewhere = paged == null ? java.util.Set.of() : paged.pagedParameters();
+        Set<Parameter> elsewhere = paged == null ? Set.of() : paged.pagedParameters();
         // the masters are optimizer state in the memory account (as ZeRO counts fp32 master weights), not temporaries
         try (var s = MemoryScope.persistent(); var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
             for (Parameter p : trainable.values()) {

@@ -121,7 +121,7 @@ public record PlanShape(int nLayer, int nHead, int nEmbd, int seqLen, int vocab,
         };
     }
 
-    /** Whether mixed precision (fp16 / bf16) is on: an fp32 master copy of every weight is kept. */
+    /** Whether mixed precision (fp16 / bf16) is on: an fp32 master copy of every resident weight is kept (offloaded blocks' masters are the tier's). */
     boolean mixedPrecision() {
         return !precision.equals("fp32");
     }

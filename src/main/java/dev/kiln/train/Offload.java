@@ -49,7 +49,7 @@ public final class Offload implements AutoCloseable, PagedMasters {
     private final BlockOffloader params;
     private final boolean optimizerState;
     private BlockOffloader state;
-    private final Set<dev.kiln.nn.Parameter> offloadedParameters = Collections.newSetFromMap(new IdentityHashMap<>());
+    private final Set<Parameter> offloadedParameters = Collections.newSetFromMap(new IdentityHashMap<>());
     private final List<List<Tensor>> blockTensors = new ArrayList<>();
     private volatile DType half; // null: page-ins for compute stay fp32
 
@@ -60,7 +60,7 @@ public final class Offload implements AutoCloseable, PagedMasters {
         if (offloadParams) {
             List<List<Tensor>> groups = new ArrayList<>();
             for (int i = 0; i < model.depth(); i++) groups.add(new ArrayList<>(blockParameters(model, i).values()));
-            for (List<Tensor> g : groups) for (Tensor t : g) offloadedParameters.add((dev.kiln.nn.Parameter) t);
+            for (List<Tensor> g : groups) for (Tensor t : g) offloadedParameters.add((Parameter) t);
             blockTensors.addAll(groups);
             this.params = new BlockOffloader("params", groups, tier, depth);
             model.setBlockHooks(new Hooks(params, this::roundWorkingCopy));
@@ -113,7 +113,7 @@ public final class Offload implements AutoCloseable, PagedMasters {
     }
 
     @Override
-    public Set<dev.kiln.nn.Parameter> pagedParameters() {
+    public Set<Parameter> pagedParameters() {
         return Collections.unmodifiableSet(offloadedParameters);
     }
 
