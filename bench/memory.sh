@@ -3,13 +3,15 @@
 # `kiln bench` with no technique, full recompute, selective recompute, gradient accumulation
 # (k micro-batches of B/k, so each step still trains on B × T tokens), 8-bit AdamW, fp16 with
 # dynamic loss scaling, bf16, optimizer-state offload to disk, parameter + optimizer-state offload
-# to disk (train.prefetch_depth blocks ahead, default 2), and one combination (full recompute +
-# 8-bit AdamW + accumulation), one after the other.
+# to disk (train.prefetch_depth blocks ahead, default 2), the same with bf16 (the blocks' fp32 master
+# weights in the offload files), and one combination (full recompute + 8-bit AdamW + accumulation),
+# one after the other.
 #
 # Usage (from anywhere):
 #   bench/memory.sh [--steps 5] [--warmup-steps 2] [--threads $(nproc)] [--batch-size 8] [--accum 4]
-#                   [--n-layer 6] [--n-head 6] [--n-embd 384] [--block-size 256]
+#                   [--n-layer 6] [--n-head 6] [--n-embd 384] [--block-size 256] [--only REGEX]
 #
+# --only REGEX runs just the techniques whose name matches (grep -E), e.g. --only 'bf16$'.
 # Default: GPT L6 H6 C384 T256 B8, vocabulary from the bundled corpus's char tokenizer (65),
 # AdamW, dropout 0, 5 timed steps after 2 warm-up steps.
 # For each technique it records the measured peak memory per category (the memory account:
@@ -30,8 +32,9 @@ THREADS=$(nproc)
 B=8
 K=4
 L=6; H=6; C=384; T=256
+ONLY=
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -44,6 +47,7 @@ while [[ $# -gt 0 ]]; do
     --n-head) H=$2; shift 2 ;;
     --n-embd) C=$2; shift 2 ;;
     --block-size) T=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "memory.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -67,12 +71,14 @@ TECHNIQUES=(
   "bf16|train.batch_size=$B train.precision=bf16"
   "offload optimizer (disk)|train.batch_size=$B train.offload_optimizer=disk"
   "offload params + optimizer (disk)|train.batch_size=$B train.offload_params=disk train.offload_optimizer=disk"
+  "offload params + optimizer (disk), bf16|train.batch_size=$B train.offload_params=disk train.offload_optimizer=disk train.precision=bf16"
   "full + 8-bit + accum k=$K|train.batch_size=$((B / K)) train.grad_accum_steps=$K train.recompute=full optim.optimizer=adamw8bit"
 )
 
 i=0
 for entry in "${TECHNIQUES[@]}"; do
   name=${entry%%|*}; sets=()
+  if [[ -n $ONLY ]] && ! grep -Eq -- "$ONLY" <<<"$name"; then continue; fi
   for kv in ${entry#*|}; do sets+=(--set "$kv"); done
   echo ">> $name: kiln bench ${sets[*]}" >&2
   "$KILN" bench --steps "$STEPS" --warmup-steps "$WARMUP" --threads "$THREADS" "${MODEL[@]}" "${sets[@]}" >"$OUT/bench$i.out"
@@ -81,6 +87,7 @@ for entry in "${TECHNIQUES[@]}"; do
   echo "$name" >"$OUT/name$i"
   i=$((i + 1))
 done
+(( i > 0 )) || { echo "memory.sh: --only '$ONLY' matches no technique" >&2; exit 2; }
 
 "$PYTHON" - "$OUT" "$i" "bench/results/memory-$STAMP" <<'PY'
 import json, sys

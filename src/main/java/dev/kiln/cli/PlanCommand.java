@@ -93,7 +93,8 @@ final class PlanCommand implements Callable<Integer> {
                     size(r.peakTotal()), r.relativeCost(), all ? (r.fits(device) ? "yes" : "no") : "");
         System.out.printf("cost: time per step relative to this config without recompute or offload; recompute from FLOPs, offload adds host transfers at %s GB/s "
                 + "against %s TFLOP/s, not overlapped%n", fmt(linkGbps), fmt(tflops));
-        System.out.println("* not trained yet: kiln train refuses this combination (an estimate of what it would take)");
+        if (shown.stream().anyMatch(r -> !r.implemented()))
+            System.out.println("* not trained yet: kiln train refuses this combination (an estimate of what it would take)");
         System.out.println("select a row with --set for each of its settings, e.g. " + shown.getFirst().settings());
         return 0;
     }

@@ -16,6 +16,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 
 /**
  * Mixed-precision training around an fp32 optimizer, in the manner of apex's FP16_Optimizer: the parameters hold
@@ -40,6 +41,9 @@ import java.util.Map;
  * {@link #endBackward} the thread is under {@link Autocast}, so every Linear multiplies bf16 copies of its input and
  * weight with fp32 accumulation; the parameters stay fp32 master weights throughout and their gradients fp32 (as
  * PyTorch's autocast keeps them), so nothing is saved, rounded or restored. fp16 on a device is not implemented.
+ *
+ * <p>With parameter offload ({@link PagedMasters}) the offloaded parameters' masters are the tier's fp32 copies: no resident
+ * master is kept for them, and their half-precision working copies are made as they are paged in during the step.
  */
 public final class MixedPrecisionOptimizer implements Optimizer {
     /** How much an injected fault multiplies the loss scale for one step: overflows fp16 for any gradient above ~1e-12·(1/scale). */
@@ -52,6 +56,8 @@ public final class MixedPrecisionOptimizer implements Optimizer {
     private final List<Tensor> master = new ArrayList<>();
     private final boolean onDevice;   // real bf16 (autocast) instead of simulated rounding
     private Autocast autocast;        // open from beginStep to endBackward on a device
+    private final List<Parameter> all = new ArrayList<>(); // every trainable parameter: gradients rounded, unscaled, checked
+    private final PagedMasters paged; // null: every master is resident
     private boolean injectOverflow;
     private java.util.function.UnaryOperator<Boolean> overflowAnywhere = found -> found;
 
@@ -65,22 +71,32 @@ public final class MixedPrecisionOptimizer implements Optimizer {
     }
 
     public MixedPrecisionOptimizer(Optimizer inner, Map<String, Parameter> trainable, DType half, GradScaler scaler) {
+        this(inner, trainable, half, scaler, null);
+    }
+
+    /** {@code paged}: parameters whose masters live in an offload tier (no resident copy; rounded as they are paged in), or null. */
+    public MixedPrecisionOptimizer(Optimizer inner, Map<String, Parameter> trainable, DType half, GradScaler scaler, PagedMasters paged) {
         if (half != DType.F16 && half != DType.BF16) throw new IllegalArgumentException("mixed precision needs F16 or BF16, got " + half);
         if (half == DType.F16 && scaler == null) throw new IllegalArgumentException("fp16 needs a loss scaler");
         this.inner = inner;
         this.half = half;
         this.scaler = half == DType.F16 ? scaler : null;
+        this.paged = paged;
         this.onDevice = trainable.values().stream().anyMatch(p -> p.device().kind() != Device.Kind.CPU);
         if (onDevice && half != DType.BF16) throw new KilnException("train.precision fp16 is not implemented on a GPU yet (bf16 is)");
         if (onDevice) {
             params.addAll(trainable.values());
+            all.addAll(trainable.values());
             return;
         }
+        Set<Parameter> elsewhere = paged == null ? Set.of() : paged.pagedParameters();
         // the masters are optimizer state in the memory account (as ZeRO counts fp32 master weights), not temporaries
         try (var s = MemoryScope.persistent(); var a = MemoryTracker.attribute(MemoryCategory.OPTIMIZER_STATE)) {
             for (Parameter p : trainable.values()) {
                 if (p.dtype() != DType.F32 || !p.isContiguous())
                     throw new IllegalArgumentException("mixed precision needs contiguous F32 master weights, got " + p.dtype() + " " + p.shapeString());
+                all.add(p);
+                if (elsewhere.contains(p)) continue;
                 params.add(p);
                 master.add(Tensor.zerosLike(p));
             }
@@ -114,6 +130,7 @@ public final class MixedPrecisionOptimizer implements Optimizer {
             autocast = Autocast.to(half);
             return;
         }
+        if (paged != null) paged.beginHalfPrecision(half);
         for (int i = 0; i < params.size(); i++) {
             master.get(i).copyFrom(params.get(i));
             roundInPlace(params.get(i), half);
@@ -132,10 +149,11 @@ public final class MixedPrecisionOptimizer implements Optimizer {
             return false;
         }
         for (int i = 0; i < params.size(); i++) params.get(i).copyFrom(master.get(i));
+        if (paged != null) paged.endHalfPrecision();
         injectOverflow = false;
         roundGradients();
         if (scaler == null) return false;
-        boolean foundInf = overflowAnywhere.apply(scaler.unscale(params));
+        boolean foundInf = overflowAnywhere.apply(scaler.unscale(all));
         if (foundInf) scaler.update(true);
         return foundInf;
     }
@@ -146,7 +164,7 @@ public final class MixedPrecisionOptimizer implements Optimizer {
      */
     public void roundGradients() {
         if (onDevice) return; // autocast keeps fp32 gradients (as PyTorch's does)
-        for (Parameter p : params) if (p.grad() != null) roundInPlace(p.grad(), half);
+        for (Parameter p : all) if (p.grad() != null) roundInPlace(p.grad(), half);
     }
 
     @Override
@@ -190,7 +208,7 @@ public final class MixedPrecisionOptimizer implements Optimizer {
     }
 
     /** Rounds a contiguous F32 tensor's values to the nearest fp16 / bf16 value (ties to even), in place. */
-    static void roundInPlace(Tensor t, DType half) {
+    public static void roundInPlace(Tensor t, DType half) {
         if (t.dtype() != DType.F32 || !t.isContiguous()) throw new IllegalArgumentException("rounding needs a contiguous F32 tensor, got " + t.dtype());
         MemorySegment s = t.segment().asSlice(t.offset() * 4, t.numel() * 4);
         ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;

@@ -121,15 +121,14 @@ public record PlanShape(int nLayer, int nHead, int nEmbd, int seqLen, int vocab,
         };
     }
 
-    /** Whether mixed precision (fp16 / bf16) is on: an fp32 master copy of every weight is kept. */
+    /** Whether mixed precision (fp16 / bf16) is on: an fp32 master copy of every resident weight is kept (offloaded blocks' masters are the tier's). */
     boolean mixedPrecision() {
         return !precision.equals("fp32");
     }
 
     /** Whether Kiln trains this combination today (config validation refuses the others as "not yet"). */
     public boolean implemented() {
-        if (llama && (recompute != Recompute.NONE || offloadParams || offloadOptimizer)) return false;
-        return !(mixedPrecision() && offloadParams);
+        return !(llama && (recompute != Recompute.NONE || offloadParams || offloadOptimizer));
     }
 
     /** Whether the CPU backend takes the small-head attention kernel (T·D ≤ 8192), which needs no T×T scratch. */

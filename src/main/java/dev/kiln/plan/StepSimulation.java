@@ -73,7 +73,10 @@ final class StepSimulation {
         tl.attribute(OPTIMIZER_STATE);
         for (long[] p : s.restParameterShapes()) for (long bytes : s.stateBytes(p)) tl.alloc(bytes);
         if (!s.offloadOptimizer()) for (int l = 0; l < s.nLayer(); l++) for (long[] p : s.blockParameterShapes()) for (long bytes : s.stateBytes(p)) tl.alloc(bytes);
-        if (s.mixedPrecision()) for (long p : s.parameterTensors()) tl.f32(p); // MixedPrecisionOptimizer's fp32 masters
+        if (s.mixedPrecision()) { // MixedPrecisionOptimizer's fp32 masters; offloaded blocks' masters are the tier's copies
+            for (long[] p : s.restParameterShapes()) tl.f32(PlanShape.elements(p));
+            if (!s.offloadParams()) for (int l = 0; l < s.nLayer(); l++) for (long[] p : s.blockParameterShapes()) tl.f32(PlanShape.elements(p));
+        }
         tl.attribute(TEMPORARIES);
         if (s.llama()) { // the rotary cos and sin tables (block_size × head size/2), made with the model outside any category
             tl.f32((long) s.seqLen() * (s.nEmbd() / s.nHead() / 2));

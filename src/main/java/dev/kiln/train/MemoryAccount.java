@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.kiln.nn.Module;
 import dev.kiln.nn.Parameter;
 import dev.kiln.optim.Optimizer;
+import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Tensor;
 
 /**
@@ -24,7 +25,7 @@ public record MemoryAccount(long parameters, long parameterBytes, long trainable
                 gradBytes += p.numel() * p.dtype().byteSize();
             }
         }
-        for (Tensor t : opt.stateDict().values()) state += t.numel() * t.dtype().byteSize();
+        state = stateBytes(opt);
         return new MemoryAccount(n, bytes, trainable, gradBytes, state, opt.name());
     }
 
@@ -41,8 +42,21 @@ public record MemoryAccount(long parameters, long parameterBytes, long trainable
             if (p.requiresGrad()) trainable += p.numel();
             if (p.grad() != null) gradBytes += p.grad().numel() * p.grad().dtype().byteSize();
         }
-        for (Tensor t : opt.stateDict().values()) state += t.numel() * t.dtype().byteSize();
+        state = stateBytes(opt);
         return new MemoryAccount(n, bytes, trainable, gradBytes, state, opt.name());
+    }
+
+    /**
+     * Bytes of the optimizer's state dict. In a scope of its own: a state dict may make small tensors of its own (fp16's
+     * loss-scaler scalars, AdamW's per-tensor step counts after growth) which would otherwise stay live as temporaries
+     * into the training step's peak (the 128 bytes the account once showed above {@code kiln plan} with fp16).
+     */
+    private static long stateBytes(Optimizer opt) {
+        long state = 0;
+        try (var s = MemoryScope.open()) {
+            for (Tensor t : opt.stateDict().values()) state += t.numel() * t.dtype().byteSize();
+        }
+        return state;
     }
 
     /** Parameter, gradient and optimizer-state bytes together. */

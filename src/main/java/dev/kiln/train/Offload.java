@@ -6,16 +6,22 @@ import dev.kiln.memory.DiskTier;
 import dev.kiln.memory.OffloadTier;
 import dev.kiln.nn.Parameter;
 import dev.kiln.nn.models.Gpt;
+import dev.kiln.optim.MixedPrecisionOptimizer;
 import dev.kiln.optim.Optimizer;
+import dev.kiln.optim.PagedMasters;
+import dev.kiln.tensor.DType;
 import dev.kiln.tensor.Tensor;
 import dev.kiln.train.config.OptimConfig;
 import dev.kiln.train.config.TrainingConfig;
 
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Collections;
+import java.util.IdentityHashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 
 /**
  * A run's parameter and optimizer-state offload (ZeRO-Infinity style; {@code train.offload_params},
@@ -31,13 +37,21 @@ import java.util.Map;
  * Gradients, activations and the parameters outside the blocks (embeddings, final norm) stay resident. Anything that
  * touches an offloaded tensor outside this schedule (checkpoints, weight averages) pages it in on demand; the next
  * scheduled release pages it out again.
+ * <p>
+ * Under mixed precision ({@link PagedMasters}) the tier's copies of the blocks' parameters are the fp32 master
+ * weights: during a step each block is rounded to half precision right after it is paged in for forward or backward
+ * (a read-only page-in, so the rounded working copy is dropped at release, never written back), and the block-by-block
+ * update pages the fp32 masters in for writing.
  */
-public final class Offload implements AutoCloseable {
+public final class Offload implements AutoCloseable, PagedMasters {
     private final OffloadTier tier;
     private final int depth;
     private final BlockOffloader params;
     private final boolean optimizerState;
     private BlockOffloader state;
+    private final Set<Parameter> offloadedParameters = Collections.newSetFromMap(new IdentityHashMap<>());
+    private final List<List<Tensor>> blockTensors = new ArrayList<>();
+    private volatile DType half; // null: page-ins for compute stay fp32
 
     private Offload(OffloadTier tier, Gpt model, boolean offloadParams, boolean offloadOptimizer, int depth) {
         this.tier = tier;
@@ -46,8 +60,10 @@ public final class Offload implements AutoCloseable {
         if (offloadParams) {
             List<List<Tensor>> groups = new ArrayList<>();
             for (int i = 0; i < model.depth(); i++) groups.add(new ArrayList<>(blockParameters(model, i).values()));
+            for (List<Tensor> g : groups) for (Tensor t : g) offloadedParameters.add((Parameter) t);
+            blockTensors.addAll(groups);
             this.params = new BlockOffloader("params", groups, tier, depth);
-            model.setBlockHooks(new Hooks(params));
+            model.setBlockHooks(new Hooks(params, this::roundWorkingCopy));
         } else {
             this.params = null;
         }
@@ -94,6 +110,33 @@ public final class Offload implements AutoCloseable {
                 optimizerState ? groups -> new BlockOffloader("optimizer", groups, tier, depth) : null);
         state = opt.stateOffloader();
         return opt;
+    }
+
+    @Override
+    public Set<Parameter> pagedParameters() {
+        return Collections.unmodifiableSet(offloadedParameters);
+    }
+
+    @Override
+    public void beginHalfPrecision(DType half) {
+        if (params != null) params.releaseAll(); // writes back whatever a demand page-in changed (a resume), so page-ins are clean
+        this.half = half;
+    }
+
+    @Override
+    public void endHalfPrecision() {
+        this.half = null;
+        if (params != null) params.releaseAll(); // clean page-ins: the rounded copies are dropped, the masters stay in the tier
+    }
+
+    /**
+     * Block {@code i} was just paged in for forward or backward: under mixed precision, round its trainable parameters to
+     * the working copy (as MixedPrecisionOptimizer rounds the resident ones; frozen weights, e.g. under LoRA, stay fp32).
+     */
+    private void roundWorkingCopy(int i) {
+        DType h = half;
+        if (h == null) return;
+        for (Tensor t : blockTensors.get(i)) if (t.requiresGrad()) MixedPrecisionOptimizer.roundInPlace(t, h);
     }
 
     /** Peak resident bytes of the offloaded parameters (of {@link #offloadedParameterBytes()}), or -1 when they are not offloaded. */
@@ -146,11 +189,12 @@ public final class Offload implements AutoCloseable {
     }
 
     /** The forward/backward schedule of parameter offload (see the class comment). */
-    private record Hooks(BlockOffloader off) implements Gpt.BlockHooks {
+    private record Hooks(BlockOffloader off, java.util.function.IntConsumer pagedIn) implements Gpt.BlockHooks {
         @Override
         public Tensor beforeBlock(int i, Tensor x) {
             if (i >= off.size()) return x; // not offloaded
             off.acquire(i, false);
+            pagedIn.accept(i);
             off.prefetchAhead(i, 1);
             return marker(x, () -> off.release(i)); // backward: after block i's backward
         }
@@ -166,6 +210,7 @@ public final class Offload implements AutoCloseable {
             }
             return marker(y, () -> { // backward: before block i's backward
                 off.acquire(i, false);
+                pagedIn.accept(i);
                 off.prefetchAhead(i, -1);
             });
         }

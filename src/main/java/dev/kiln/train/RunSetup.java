@@ -71,10 +71,11 @@ public final class RunSetup {
         Optimizer opt = offload == null ? optimizer(cfg.optim(), model) : offload.optimizer(cfg.optim(), (Gpt) model);
         var tc = cfg.train();
         Optimizer out = switch (tc.precision()) {
+            // parameter offload: the offloaded blocks' fp32 masters are the tier's copies (Offload is their PagedMasters)
             case "fp16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.F16, tc.loss_scale().equals("dynamic")
                     ? GradScaler.dynamic(GradScaler.DEFAULT_INIT_SCALE, tc.loss_scale_window())
-                    : GradScaler.fixed(Double.parseDouble(tc.loss_scale().trim())));
-            case "bf16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.BF16, null);
+                    : GradScaler.fixed(Double.parseDouble(tc.loss_scale().trim())), offload);
+            case "bf16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.BF16, null, offload);
             default -> opt;
         };
         DataParallel dp = DataParallel.active(); // ZeRO-2: each rank holds only its own gradients, so the ranks vote on overflow

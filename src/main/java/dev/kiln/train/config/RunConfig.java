@@ -348,8 +348,6 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         notNull("train.offload_dir", t.offload_dir());
         nonNegative("train.prefetch_depth", t.prefetch_depth());
         boolean offload = !t.offload_params().equals("none") || !t.offload_optimizer().equals("none");
-        if (!t.offload_params().equals("none") && !t.precision().equals("fp32"))
-            fail("train.offload_params", "cannot be combined with train.precision " + t.precision() + " yet (mixed precision keeps fp32 master copies of all weights)", "train.precision");
         if (offload && g.on())
             fail("growth.at_step", "cannot be combined with train.offload_params / train.offload_optimizer yet (the grown blocks are not offloaded)", "train.offload_params");
         if (!t.precision().equals("fp32") && g.on())

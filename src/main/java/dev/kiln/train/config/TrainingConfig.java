@@ -51,7 +51,8 @@ package dev.kiln.train.config;
  *                            good steps, × 0.5 and skip the step on overflow) or a fixed number (overflowing steps are still skipped)
  * @param loss_scale_window   good steps in a row before dynamic loss scaling doubles the scale
  * @param offload_params      none, or disk: transformer blocks' parameters live in memory-mapped files and are paged
- *                            in ahead of use (forward, backward, update) and out after it
+ *                            in ahead of use (forward, backward, update) and out after it; under fp16/bf16 the files hold
+ *                            the blocks' fp32 master weights, rounded to half precision as they are paged in for compute
  * @param offload_optimizer   none, or disk: the blocks' optimizer state likewise, paged in block by block for the update
  * @param offload_dir         directory of the offload files ("" = &lt;run dir&gt;/offload); scratch, deleted at the end
  * @param prefetch_depth      how many blocks ahead offload pages in (0 = fetch each block when it is needed)
