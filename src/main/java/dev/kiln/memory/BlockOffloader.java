@@ -78,10 +78,11 @@ public final class BlockOffloader implements AutoCloseable {
     /** Starts paging group {@code g} in on the offload thread (no-op when it is resident or on its way, or out of range). */
     public synchronized void prefetch(int g) {
         if (g < 0 || g >= groups.size() || resident[g] || pending.get(g) != null) return;
-        markResident(g); // its memory is taken from now on
-        List<Storage> s = groups.get(g);
+        markResident(g); // its memory is taken from now on: allocated and counted here, copied in on the offload thread
+        List<Runnable> copies = new ArrayList<>();
+        for (Storage st : groups.get(g)) copies.add(st.reserveForPageIn());
         pending.set(g, io.submit(() -> {
-            for (Storage st : s) st.pageIn(false);
+            for (Runnable c : copies) c.run();
         }));
     }
 

@@ -131,6 +131,22 @@ public final class Storage {
         dirty |= forWrite;
     }
 
+    /**
+     * The first half of a page-in run on another thread (a prefetch): the block is allocated and counted in the memory
+     * account now, on the calling thread, so the account sees the memory from the moment the schedule takes it, however
+     * late the copy runs; the returned copy fills it. Nothing may read the block before the copy has run (the offloader
+     * waits for it before handing the group out). A no-op copy when the bytes are already in.
+     */
+    public synchronized Runnable reserveForPageIn() {
+        if (pager == null) throw new IllegalStateException("storage has no pager to page in from");
+        if (block != null) return () -> {};
+        MemorySegment b = HostAllocator.allocate(bytes);
+        block = b;
+        MemoryTracker.allocated(device, category, bytes);
+        Pager from = pager;
+        return () -> from.load(b);
+    }
+
     /** Writes the bytes back if they changed and frees the block; a no-op when already paged out. */
     public synchronized void pageOut() {
         if (pager == null) throw new IllegalStateException("storage has no pager to page out to");
