@@ -131,7 +131,7 @@ def verify_bench():
                   + tp_bytes(s, 2, B, e, blocks=s.L // 2, ends=1, cross_entropy=False),
     }
     print(f"Formulas vs bench/dist.sh (2026-11-23), {s.name} L{s.L} C{s.C} T{s.T} vocab {s.V}, P = {s.params():,}, "
-          f"batch {B}, m {m}, fp32 — bytes per step on rank 0")
+          f"batch {B}, m {m}, fp32 — bytes per step on rank 0\n")
     print("| mode | measured | formula | agree |\n|---|---|---|---|")
     for mode, got in measured.items():
         print(f"| {mode} | {got:,} | {formula[mode]:,} | {'yes' if got == formula[mode] else 'NO'} |")
