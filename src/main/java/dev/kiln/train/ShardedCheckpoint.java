@@ -79,8 +79,8 @@ public final class ShardedCheckpoint {
      * Saves a sharded checkpoint (collective over {@code dp}'s group): every rank writes its file, the ranks agree that
      * all succeeded, then rank 0 writes trainer.json and renames the directory into place. Returns the step directory.
      */
-    static Path save(CheckpointStore store, DataParallel dp, CausalLm model, Optimizer opt, List<WeightAverage> averages,
-                     CheckpointStore.TrainerState state, JsonNode config, int keep) {
+    static Path save(CheckpointStore store, DataParallel dp, CausalLm model, Optimizer opt, dev.kiln.train.config.OptimConfig oc,
+                     List<WeightAverage> averages, CheckpointStore.TrainerState state, JsonNode config, int keep) {
         ProcessGroup g = dp.group();
         int rank = g.rank(), world = g.size();
         long step = state.step();
@@ -113,7 +113,8 @@ public final class ShardedCheckpoint {
             ArrayNode order = index.putArray("model_order");
             modelNames(model).forEach(order::add);
             ArrayNode params = index.putArray("param_order");
-            dp.parameters().keySet().forEach(params::add);
+            // the unsharded optimizer lists its state group by group (decay, no decay, …): consolidation keeps that order
+            for (var group : RunSetup.paramGroups(oc, model, dp.parameters())) group.params().keySet().forEach(params::add);
             List<String> checked = new ArrayList<>(files);
             if (!averages.isEmpty()) checked.add(CheckpointStore.AVERAGES_FILE);
             return store.commit(state, checked, config, index, keep);
