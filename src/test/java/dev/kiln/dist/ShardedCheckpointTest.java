@@ -110,6 +110,37 @@ class ShardedCheckpointTest {
         assertTrue(diff < DataParallelTest.TOLERANCE, rest + " vs " + single.subList(10, 20));
     }
 
+    /**
+     * The ZeRO-3 checkpoint resumed under mpirun at another layout, plain DDP on 2 ranks (replicated model and optimizer),
+     * still sharded: losses as uninterrupted; each replicated tensor is written once, by its owner.
+     */
+    @Test
+    void resumesAsDdpOnTwoRanksWritingReplicatedTensorsOnce() throws Exception {
+        copyTree(tmp.resolve("runs/zero3_sharded"), tmp.resolve("runs/ddp_resume"));
+        List<String> args = new ArrayList<>(config("ddp_resume", "parallel.zero_stage=0", "parallel.checkpoint=sharded"));
+        args.add("--resume");
+        var r = MpiRun.run(2, DistTrainMain.class.getName(), 150, args.toArray(String[]::new));
+        assertEquals(0, r.exitCode(), r.output());
+        for (int rank = 0; rank < 2; rank++) {
+            String prefix = "LOSSES " + rank + " ";
+            String line = Files.readAllLines(tmp.resolve("runs/ddp_resume/result-rank" + rank + ".txt")).stream().filter(l -> l.startsWith(prefix))
+                    .findFirst().orElseThrow(() -> new AssertionError(r.output()));
+            List<Double> rest = java.util.Arrays.stream(line.substring(prefix.length()).trim().split(" ")).map(Double::parseDouble).toList();
+            double diff = DataParallelTest.maxRelDiff(rest, single.subList(10, 20));
+            System.out.printf("sharded ZeRO-3 np 2 checkpoint at step 10, resumed as DDP np 2 for 10 more (rank %d): max relative loss difference %.3g%n", rank, diff);
+            assertTrue(diff < DataParallelTest.TOLERANCE, rest + " vs " + single.subList(10, 20));
+        }
+        Path step20 = tmp.resolve("runs/ddp_resume/checkpoints/step-000020");
+        assertTrue(ShardedCheckpoint.isSharded(step20));
+        long b0 = tensorBytes(step20.resolve(R0)), b1 = tensorBytes(step20.resolve(R1));
+        long whole = tensorBytes(consolidated.resolve(CheckpointStore.MODEL_FILE)) + tensorBytes(consolidated.resolve(CheckpointStore.OPTIMIZER_FILE));
+        System.out.printf("sharded DDP np 2: rank files hold %d and %d tensor bytes of %d%n", b0, b1, whole);
+        assertEquals(whole, b0 + b1, "every replicated tensor is written once");
+        assertTrue(Math.abs((double) b0 / whole - 0.5) < 0.1, b0 + " / " + b1 + " of " + whole);
+        assertEquals(0, dev.kiln.cli.Main.execute("checkpoint", "consolidate", step20.toString(), "--out", tmp.resolve("ddp20").toString()));
+        assertEquals(null, CheckpointStore.verify(tmp.resolve("ddp20")));
+    }
+
     @Test
     void truncatedOrMissingRankFileIsNamedAndResumeFallsBack() throws Exception {
         Path run = tmp.resolve("runs/broken");
