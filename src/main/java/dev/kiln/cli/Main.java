@@ -8,7 +8,7 @@ import picocli.CommandLine.Command;
 @Command(name = "kiln", mixinStandardHelpOptions = true, version = "kiln 0.1.0",
         description = "Efficient training of deep-learning models from Java.",
         subcommands = {TrainCommand.class, PrepareCommand.class, SampleCommand.class, EvalCommand.class, BenchCommand.class,
-                BenchGemmCommand.class, GpuCheckCommand.class, PlotLrCommand.class, ReportCommand.class, CompareCommand.class, ExportCommand.class, ImportCommand.class, PlanCommand.class})
+                BenchGemmCommand.class, GpuCheckCommand.class, PlotLrCommand.class, ReportCommand.class, CompareCommand.class, ExportCommand.class, ImportCommand.class, PlanCommand.class, CheckpointCommand.class})
 public final class Main implements Runnable {
 
     @Override

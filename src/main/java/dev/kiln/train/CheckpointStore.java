@@ -90,40 +90,10 @@ public final class CheckpointStore {
             pause();
             List<String> files = new ArrayList<>(List.of(MODEL_FILE, OPTIMIZER_FILE));
             if (!averages.isEmpty()) {
-                Map<String, Tensor> tensors = new LinkedHashMap<>();
-                Map<String, String> counts = new LinkedHashMap<>();
-                for (WeightAverage a : averages) {
-                    tensors.putAll(a.stateDict());
-                    counts.put(a.name(), Long.toString(a.count()));
-                }
-                Safetensors.write(tmp.resolve(AVERAGES_FILE), tensors, counts);
+                writeAverages(tmp, averages);
                 files.add(AVERAGES_FILE);
-                pause();
             }
-            ObjectNode st = JSON.createObjectNode();
-            st.put("format", FORMAT);
-            st.put("step", state.step());
-            st.put("sampler_state", state.samplerState());
-            st.put("dropout_rng_state", state.dropoutRngState());
-            st.put("optimizer_step", state.optimizerStep());
-            st.put("lr_scale", state.lrScale());
-            st.put("rollbacks", state.rollbacks());
-            st.put("tokens_seen", state.tokensSeen());
-            st.put("train_seconds", state.trainSeconds());
-            if (Double.isFinite(state.bestValLoss())) st.put("best_val_loss", state.bestValLoss());
-            st.put("stale_evals", state.staleEvals());
-            st.put("n_layer", state.depth());
-            st.put("layer_drop_rng_state", state.layerDropRngState());
-            if (state.memberTokens().length > 0) {
-                var mt = st.putArray("member_tokens");
-                for (long v : state.memberTokens()) mt.add(v);
-            }
-            ObjectNode sums = st.putObject("checksums");
-            for (String f : files) sums.set(f, JSON.valueToTree(Checksums.of(tmp.resolve(f))));
-            st.set("config", config);
-            byte[] manifest = JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(st);
-            dev.kiln.AtomicFile.write(tmp.resolve(STATE_FILE), ch -> ch.write(java.nio.ByteBuffer.wrap(manifest)));
-            pause();
+            writeManifest(tmp, state, files, config, null);
             if (Files.exists(target)) deleteTree(target);
             Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
             dev.kiln.AtomicFile.syncDirectory(dir);
@@ -139,6 +109,84 @@ public final class CheckpointStore {
         }
         prune(keep);
         return target;
+    }
+
+    /** The temporary directory a checkpoint of {@code step} is assembled in before {@link #commit}. */
+    Path temporaryDirectory(long step) {
+        return dir.resolve(".tmp-" + stepDirectory(step).getFileName());
+    }
+
+    /** Creates an empty {@link #temporaryDirectory} (removing a leftover one). */
+    Path beginSave(long step) throws IOException {
+        Path tmp = temporaryDirectory(step);
+        Files.createDirectories(dir);
+        deleteTree(tmp);
+        Files.createDirectories(tmp);
+        return tmp;
+    }
+
+    /**
+     * Finishes a checkpoint whose data {@code files} are already in {@link #temporaryDirectory}: writes trainer.json
+     * (with their checksums and {@code shards}, the sharded index, when not null), renames the directory into place
+     * and prunes all but the newest {@code keep}.
+     */
+    Path commit(TrainerState state, List<String> files, JsonNode config, ObjectNode shards, int keep) throws IOException {
+        Path tmp = temporaryDirectory(state.step()), target = stepDirectory(state.step());
+        writeManifest(tmp, state, files, config, shards);
+        if (Files.exists(target)) deleteTree(target);
+        Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
+        dev.kiln.AtomicFile.syncDirectory(dir);
+        prune(keep);
+        return target;
+    }
+
+    /** Deletes a failed checkpoint's temporary directory (best effort). */
+    void abandon(long step) {
+        try {
+            deleteTree(temporaryDirectory(step));
+        } catch (IOException ignored) {
+            // a stray .tmp- directory is ignored by latest()
+        }
+    }
+
+    /** Writes averages.safetensors into {@code tmp}: every average's tensors, their sample counts in the metadata. */
+    static void writeAverages(Path tmp, List<WeightAverage> averages) {
+        Map<String, Tensor> tensors = new LinkedHashMap<>();
+        Map<String, String> counts = new LinkedHashMap<>();
+        for (WeightAverage a : averages) {
+            tensors.putAll(a.stateDict());
+            counts.put(a.name(), Long.toString(a.count()));
+        }
+        Safetensors.write(tmp.resolve(AVERAGES_FILE), tensors, counts);
+        pause();
+    }
+
+    private static void writeManifest(Path tmp, TrainerState state, List<String> files, JsonNode config, ObjectNode shards) throws IOException {
+        ObjectNode st = JSON.createObjectNode();
+        st.put("format", FORMAT);
+        st.put("step", state.step());
+        st.put("sampler_state", state.samplerState());
+        st.put("dropout_rng_state", state.dropoutRngState());
+        st.put("optimizer_step", state.optimizerStep());
+        st.put("lr_scale", state.lrScale());
+        st.put("rollbacks", state.rollbacks());
+        st.put("tokens_seen", state.tokensSeen());
+        st.put("train_seconds", state.trainSeconds());
+        if (Double.isFinite(state.bestValLoss())) st.put("best_val_loss", state.bestValLoss());
+        st.put("stale_evals", state.staleEvals());
+        st.put("n_layer", state.depth());
+        st.put("layer_drop_rng_state", state.layerDropRngState());
+        if (state.memberTokens().length > 0) {
+            var mt = st.putArray("member_tokens");
+            for (long v : state.memberTokens()) mt.add(v);
+        }
+        if (shards != null) st.set(ShardedCheckpoint.INDEX_KEY, shards);
+        ObjectNode sums = st.putObject("checksums");
+        for (String f : files) sums.set(f, JSON.valueToTree(Checksums.of(tmp.resolve(f))));
+        st.set("config", config);
+        byte[] manifest = JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(st);
+        dev.kiln.AtomicFile.write(tmp.resolve(STATE_FILE), ch -> ch.write(java.nio.ByteBuffer.wrap(manifest)));
+        pause();
     }
 
     /**
@@ -175,19 +223,21 @@ public final class CheckpointStore {
      * the checksums recorded when it was written; otherwise what is wrong, naming the file/tensor.
      */
     public static String verify(Path checkpoint) {
-        if (!isComplete(checkpoint)) return "incomplete (needs " + MODEL_FILE + ", " + OPTIMIZER_FILE + ", " + STATE_FILE + ")";
-        JsonNode sums;
+        if (!isComplete(checkpoint)) return "incomplete (needs " + MODEL_FILE + ", " + OPTIMIZER_FILE + ", " + STATE_FILE + ", or a sharded index)";
+        JsonNode sums, shards;
         try {
             JsonNode manifest = JSON.readTree(checkpoint.resolve(STATE_FILE).toFile());
             if (manifest.path("format").asInt(0) < FORMAT)
                 return "written by an earlier Kiln without checksums (format " + manifest.path("format").asInt(0) + "); it cannot be verified";
             sums = manifest.path("checksums");
+            shards = manifest.path(ShardedCheckpoint.INDEX_KEY);
         } catch (IOException e) {
             return STATE_FILE + " is unreadable (" + e.getMessage().lines().findFirst().orElse("") + ")";
         }
-        List<String> files = new ArrayList<>(List.of(MODEL_FILE, OPTIMIZER_FILE));
+        List<String> files = new ArrayList<>(shards.isObject() ? ShardedCheckpoint.files(shards) : List.of(MODEL_FILE, OPTIMIZER_FILE));
         if (sums.has(AVERAGES_FILE)) files.add(AVERAGES_FILE);
         for (String f : files) {
+            if (!Files.isRegularFile(checkpoint.resolve(f))) return f + " is missing";
             JsonNode expected = sums.path(f);
             if (!expected.isObject()) return STATE_FILE + " has no checksums for " + f;
             try {
@@ -213,7 +263,8 @@ public final class CheckpointStore {
     }
 
     private static boolean isComplete(Path p) {
-        return Files.isRegularFile(p.resolve(MODEL_FILE)) && Files.isRegularFile(p.resolve(OPTIMIZER_FILE)) && Files.isRegularFile(p.resolve(STATE_FILE));
+        if (!Files.isRegularFile(p.resolve(STATE_FILE))) return false;
+        return Files.isRegularFile(p.resolve(MODEL_FILE)) && Files.isRegularFile(p.resolve(OPTIMIZER_FILE)) || ShardedCheckpoint.isSharded(p);
     }
 
     /**
@@ -248,11 +299,13 @@ public final class CheckpointStore {
             throw new TrainingException(checkpoint.resolve(STATE_FILE) + ": records n_layer " + state.depth() + " but the model has " + model.depth()
                     + " blocks (a grown model is rebuilt at its recorded depth before loading)");
         try (var scope = MemoryScope.open()) {
-            Path modelFile = checkpoint.resolve(MODEL_FILE);
-            model.loadHfStateDict(Safetensors.read(modelFile).tensors(), modelFile.toString());
+            // a sharded checkpoint is consolidated in memory (every rank reads every piece: a first version)
+            ShardedCheckpoint.Whole whole = ShardedCheckpoint.isSharded(checkpoint) ? ShardedCheckpoint.consolidate(checkpoint) : null;
+            Path modelFile = checkpoint.resolve(whole != null ? "(sharded) " + MODEL_FILE : MODEL_FILE);
+            model.loadHfStateDict(whole != null ? whole.model() : Safetensors.read(modelFile).tensors(), modelFile.toString());
             if (optimizerOrNull != null) {
-                Path optFile = checkpoint.resolve(OPTIMIZER_FILE);
-                Safetensors.Loaded opt = Safetensors.read(optFile);
+                Path optFile = checkpoint.resolve(whole != null ? "(sharded) " + OPTIMIZER_FILE : OPTIMIZER_FILE);
+                Safetensors.Loaded opt = whole != null ? whole.optimizer() : Safetensors.read(optFile);
                 String saved = opt.metadata().getOrDefault("optimizer", "adamw");
                 if (!saved.equals(optimizerOrNull.name()))
                     throw new TrainingException(optFile + " holds " + saved + " state but the run's optim.optimizer is " + optimizerOrNull.name()

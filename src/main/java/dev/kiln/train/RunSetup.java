@@ -106,11 +106,16 @@ public final class RunSetup {
         }
     }
 
-    private static Optimizer newOptimizer(OptimConfig oc, CausalLm model, Map<String, dev.kiln.nn.Parameter> params) {
+    /** The optimizer's parameter groups over {@code params} (their order is the order of its state). */
+    static List<ParamGroup> paramGroups(OptimConfig oc, CausalLm model, Map<String, dev.kiln.nn.Parameter> params) {
         // μP (model.init=mup): hidden matrices get learning rate × base_width/n_embd; see Gpt
-        List<ParamGroup> groups = model instanceof Gpt gpt && gpt.config.mup()
+        return model instanceof Gpt gpt && gpt.config.mup()
                 ? ParamGroup.widthScaled(params, Gpt::isHiddenMatrix, gpt.config.mupRatio(), oc.weight_decay(), oc.no_decay_weight_decay())
                 : ParamGroup.standard(params, oc.weight_decay(), oc.no_decay_weight_decay());
+    }
+
+    private static Optimizer newOptimizer(OptimConfig oc, CausalLm model, Map<String, dev.kiln.nn.Parameter> params) {
+        List<ParamGroup> groups = paramGroups(oc, model, params);
         return switch (oc.optimizer()) {
             case "adamw" -> new AdamW(groups, oc.beta1(), oc.beta2(), oc.eps());
             case "adamw8bit" -> new AdamW8bit(groups, oc.beta1(), oc.beta2(), oc.eps());

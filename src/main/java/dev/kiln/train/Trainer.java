@@ -416,6 +416,7 @@ public final class Trainer {
                         lastCheckpoint = TensorParallelRun.active() ? TensorParallelRun.save(store, model, opt, state, configJson, tc.keep_checkpoints())
                                 : pipe != null ? pipe.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done))
                                 : dp == null ? store.save(model, opt, averages, state, configJson, tc.keep_checkpoints())
+                                : cfg.parallel().checkpoint().equals("sharded") ? ShardedCheckpoint.save(store, dp, model, opt, cfg.optim(), averages, state, configJson, tc.keep_checkpoints())
                                 : dp.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done));
                     } catch (TrainingException e) {
                         if (!faults.continue_on_checkpoint_error() || stop != null) throw e;

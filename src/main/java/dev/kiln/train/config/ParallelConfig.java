@@ -13,9 +13,11 @@ package dev.kiln.train.config;
  * @param pp           pipeline stages (consecutive blocks per stage; activations passed point to point)
  * @param pp_schedule  the pipeline schedule: 1f1b (PipeDream-Flush: at most pp micro-batches in flight) or gpipe (all forwards, then all backwards)
  * @param micro_batches micro-batches per step in the pipeline; 0 = pp
+ * @param checkpoint   consolidated (rank 0 writes the single-process checkpoint) or sharded (every rank writes the
+ *                     pieces it owns; see ShardedCheckpoint)
  */
-public record ParallelConfig(int dp, int zero_stage, double bucket_mb, double timeout_s, int tp, int pp, String pp_schedule, int micro_batches) {
+public record ParallelConfig(int dp, int zero_stage, double bucket_mb, double timeout_s, int tp, int pp, String pp_schedule, int micro_batches, String checkpoint) {
     public static ParallelConfig defaults() {
-        return new ParallelConfig(0, 0, 4.0, 60.0, 1, 1, "1f1b", 0);
+        return new ParallelConfig(0, 0, 4.0, 60.0, 1, 1, "1f1b", 0, "consolidated");
     }
 }

@@ -289,6 +289,8 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         if (!pc.pp_schedule().equals("1f1b") && !pc.pp_schedule().equals("gpipe"))
             fail("parallel.pp_schedule", "must be 1f1b or gpipe, got '" + pc.pp_schedule() + "'");
         nonNegative("parallel.micro_batches", pc.micro_batches());
+        if (!pc.checkpoint().equals("consolidated") && !pc.checkpoint().equals("sharded"))
+            fail("parallel.checkpoint", "must be consolidated or sharded, got '" + pc.checkpoint() + "'");
         return this;
     }
 
