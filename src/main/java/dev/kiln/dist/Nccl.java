@@ -201,12 +201,13 @@ public final class Nccl {
 
     // ---- calls ----
 
+    /** A downcall whose checked Throwable (from invokeExact) is rethrown unchecked. */
     @FunctionalInterface
-    private interface Call {
-        int run() throws Throwable;
+    private interface Call<T> {
+        T run() throws Throwable;
     }
 
-    private static int invoke(Call c) {
+    private static <T> T invoke(Call<T> c) {
         try {
             return c.run();
         } catch (RuntimeException | Error e) {
@@ -234,30 +235,16 @@ public final class Nccl {
     }
 
     public String errorString(int rc) {
-        MemorySegment s = (MemorySegment) invokeObj(() -> (MemorySegment) getErrorString.invokeExact(rc));
+        MemorySegment s = invoke(() -> (MemorySegment) getErrorString.invokeExact(rc));
         return string(s, "no description");
     }
 
     /** NCCL's last error message for {@code comm} (or the last global one for NULL); empty when none. */
     public String lastError(MemorySegment comm) {
-        MemorySegment s = (MemorySegment) invokeObj(() -> (MemorySegment) getLastError.invokeExact(comm));
+        MemorySegment s = invoke(() -> (MemorySegment) getLastError.invokeExact(comm));
         return string(s, "");
     }
 
-    @FunctionalInterface
-    private interface ObjCall {
-        Object run() throws Throwable;
-    }
-
-    private static Object invokeObj(ObjCall c) {
-        try {
-            return c.run();
-        } catch (RuntimeException | Error e) {
-            throw e;
-        } catch (Throwable t) {
-            throw new IllegalStateException(t);
-        }
-    }
 
     private static String string(MemorySegment p, String fallback) {
         return p == null || p.address() == 0 ? fallback : p.reinterpret(Long.MAX_VALUE).getString(0);

@@ -124,8 +124,13 @@ class PipelineParallelTest {
      * a constant added to every score), and there fp32 summation-order differences show at the 1e-4 level (measured:
      * up to 1.4e-4 at pp 4, in transformer.h.3.attn.c_attn.bias); a wrong gradient moves whole tensors by far more.
      */
-    static void sameCheckpoint(String name, Trainer.Result reference, String file, double tol) throws IOException {
-        Map<String, Tensor> got = Safetensors.read(tmp.resolve("runs").resolve(name).resolve("checkpoints/step-000020").resolve(file)).tensors();
+    static void sameCheckpoint(String name, Trainer.Result reference, String file, double tol) {
+        sameCheckpoint(tmp.resolve("runs").resolve(name), reference, name, file, tol);
+    }
+
+    /** {@link #sameCheckpoint(String, Trainer.Result, String, double)} for the run in {@code runDir}, named {@code name} in messages. */
+    static void sameCheckpoint(Path runDir, Trainer.Result reference, String name, String file, double tol) {
+        Map<String, Tensor> got = Safetensors.read(runDir.resolve("checkpoints/step-000020").resolve(file)).tensors();
         Map<String, Tensor> want = Safetensors.read(reference.runDir().resolve("checkpoints/step-000020").resolve(file)).tensors();
         assertEquals(want.keySet(), got.keySet(), file);
         double worst = 0;
@@ -142,7 +147,7 @@ class PipelineParallelTest {
             }
         }
         System.out.printf("%s: %s like the single process's, largest difference %.3g of a tensor's magnitude (%s)%n", name, file, worst, worstName);
-        assertTrue(worst < tol, name + " " + file + ": " + worst);
+        assertTrue(worst < tol, name + " " + file + ": " + worst + " in " + worstName);
     }
 
     /**

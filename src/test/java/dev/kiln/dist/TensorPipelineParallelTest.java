@@ -1,7 +1,5 @@
 package dev.kiln.dist;
 
-import dev.kiln.tensor.Safetensors;
-import dev.kiln.tensor.Tensor;
 import dev.kiln.train.Trainer;
 import dev.kiln.train.config.ConfigLoader;
 import org.junit.jupiter.api.BeforeAll;
@@ -15,7 +13,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.List;
-import java.util.Map;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -88,24 +85,7 @@ class TensorPipelineParallelTest {
      * bias, into lr-sized steps: see PipelineParallelTest.sameCheckpoint).
      */
     static void sameCheckpoint(String name, String file) {
-        Map<String, Tensor> got = Safetensors.read(tmp.resolve("runs").resolve(name).resolve("checkpoints/step-000020").resolve(file)).tensors();
-        Map<String, Tensor> want = Safetensors.read(single.runDir().resolve("checkpoints/step-000020").resolve(file)).tensors();
-        assertEquals(want.keySet(), got.keySet(), file);
-        double worst = 0;
-        String worstName = "";
-        for (var e : want.entrySet()) {
-            Tensor g = got.get(e.getKey());
-            assertEquals(e.getValue().shapeString(), g.shapeString(), e.getKey());
-            double[] a = e.getValue().toDoubleArray(), b = g.toDoubleArray();
-            double scale = Arrays.stream(a).map(Math::abs).max().orElse(0), diff = 0;
-            for (int i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i] - b[i]));
-            if (scale > 0 && diff / scale > worst) {
-                worst = diff / scale;
-                worstName = e.getKey();
-            }
-        }
-        System.out.printf("%s: %s like the single process's, largest difference %.3g of a tensor's magnitude (%s)%n", name, file, worst, worstName);
-        assertTrue(worst < 1e-3, name + " " + file + ": " + worst + " in " + worstName);
+        PipelineParallelTest.sameCheckpoint(tmp.resolve("runs").resolve(name), single, name, file, 1e-3);
     }
 
     /**
