@@ -3,7 +3,6 @@ package dev.kiln.dist;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
-import java.util.concurrent.locks.LockSupport;
 
 /**
  * A {@link ProcessGroup} over an Open MPI communicator, through FFM ({@link Mpi}). Every blocking call is a
@@ -94,14 +93,8 @@ public final class MpiProcessGroup implements ProcessGroup {
 
         @Override
         public void await() {
-            long deadline = System.nanoTime() + (long) (timeoutSeconds * 1e9);
-            int polls = 0;
-            while (!test()) {
-                if (++polls > 200) LockSupport.parkNanos(polls > 2000 ? 500_000 : 20_000);
-                if (System.nanoTime() > deadline)
-                    abort(String.format("kiln: rank %d of %d: %s on group %s did not complete within %.0f s (parallel.timeout_s): "
-                            + "a peer rank died or is stuck; aborting all ranks", worldRank, world().size, what, name, timeoutSeconds));
-            }
+            pollUntilDone(timeoutSeconds, () -> abort(String.format("kiln: rank %d of %d: %s on group %s did not complete within %.0f s "
+                    + "(parallel.timeout_s): a peer rank died or is stuck; aborting all ranks", worldRank, world().size, what, name, timeoutSeconds)));
         }
     }
 

@@ -9,7 +9,6 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.ArrayDeque;
 import java.util.Arrays;
-import java.util.concurrent.locks.LockSupport;
 
 /**
  * Collectives over GPU memory through NCCL ({@link Nccl}), one communicator per group on one GPU.
@@ -267,15 +266,11 @@ public final class NcclProcessGroup implements AutoCloseable {
 
         @Override
         public void await() {
-            long deadline = System.nanoTime() + (long) (timeoutSeconds * 1e9);
-            int polls = 0;
-            while (!test()) {
-                if (++polls > 200) LockSupport.parkNanos(polls > 2000 ? 500_000 : 20_000);
-                if (System.nanoTime() > deadline)
-                    synchronized (NcclProcessGroup.this) {
-                        fail(String.format("%s did not complete within %.1f s (parallel.timeout_s): a peer rank died or is stuck", what, timeoutSeconds));
-                    }
-            }
+            pollUntilDone(timeoutSeconds, () -> {
+                synchronized (NcclProcessGroup.this) {
+                    fail(String.format("%s did not complete within %.1f s (parallel.timeout_s): a peer rank died or is stuck", what, timeoutSeconds));
+                }
+            });
         }
     }
 
