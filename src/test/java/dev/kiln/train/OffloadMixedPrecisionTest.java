@@ -8,9 +8,6 @@ import dev.kiln.memory.DiskTier;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.tensor.MemoryCategory;
-import dev.kiln.tensor.MemoryScope;
-import dev.kiln.tensor.Safetensors;
-import dev.kiln.tensor.Tensor;
 import dev.kiln.train.config.RunConfig;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -18,9 +15,7 @@ import org.junit.jupiter.api.io.TempDir;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.Map;
 
-import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -47,14 +42,7 @@ class OffloadMixedPrecisionTest {
     /** Losses, loss scales and overflow flags of every step, the final val loss, and the step's checkpoint tensors, bitwise. */
     private static void assertSameRun(Trainer.Result ref, Trainer.Result got, int step) {
         assertSameLosses(ref, got);
-        String ck = String.format("checkpoints/step-%06d/", step);
-        try (var s = MemoryScope.open()) {
-            for (String f : List.of("model.safetensors", "optimizer.safetensors")) {
-                Map<String, Tensor> x = Safetensors.read(ref.runDir().resolve(ck + f)).tensors(), y = Safetensors.read(got.runDir().resolve(ck + f)).tensors();
-                assertEquals(x.keySet(), y.keySet(), f);
-                for (String k : x.keySet()) assertArrayEquals(x.get(k).toDoubleArray(), y.get(k).toDoubleArray(), f + " " + k);
-            }
-        }
+        SmallRuns.assertSameCheckpoint(ref, got, step);
     }
 
     private static void assertSameLosses(Trainer.Result ref, Trainer.Result got) {

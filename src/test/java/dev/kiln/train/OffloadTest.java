@@ -8,9 +8,6 @@ import dev.kiln.memory.DiskTier;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.tensor.HostAllocator;
-import dev.kiln.tensor.MemoryScope;
-import dev.kiln.tensor.Safetensors;
-import dev.kiln.tensor.Tensor;
 import dev.kiln.train.config.ConfigException;
 import dev.kiln.train.config.RunConfig;
 import org.junit.jupiter.api.Test;
@@ -19,9 +16,7 @@ import org.junit.jupiter.api.io.TempDir;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
-import java.util.Map;
 
-import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -52,14 +47,7 @@ class OffloadTest {
         for (int i = 0; i < a.size(); i++)
             assertEquals(a.get(i).get("loss").asDouble(), b.get(i).get("loss").asDouble(), "loss at step " + (i + 1));
         assertEquals(ref.finalValLoss(), got.finalValLoss());
-        String ck = String.format("checkpoints/step-%06d/", step);
-        try (var s = MemoryScope.open()) {
-            for (String f : List.of("model.safetensors", "optimizer.safetensors")) {
-                Map<String, Tensor> x = Safetensors.read(ref.runDir().resolve(ck + f)).tensors(), y = Safetensors.read(got.runDir().resolve(ck + f)).tensors();
-                assertEquals(x.keySet(), y.keySet(), f);
-                for (String k : x.keySet()) assertArrayEquals(x.get(k).toDoubleArray(), y.get(k).toDoubleArray(), f + " " + k);
-            }
-        }
+        SmallRuns.assertSameCheckpoint(ref, got, step);
     }
 
     @Test

@@ -4,6 +4,9 @@ import com.fasterxml.jackson.databind.JsonNode;
 import dev.kiln.cli.Main;
 import dev.kiln.train.config.ConfigLoader;
 import dev.kiln.train.config.RunConfig;
+import dev.kiln.tensor.MemoryScope;
+import dev.kiln.tensor.Safetensors;
+import dev.kiln.tensor.Tensor;
 
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
@@ -12,6 +15,10 @@ import java.io.UncheckedIOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
 
 /** Shared by the trainer tests: a small GPT run on the bundled corpus (seconds), its metrics, and the CLI in-process. */
 public final class SmallRuns {
@@ -50,6 +57,18 @@ public final class SmallRuns {
     public record Cli(int code, String out, String err) {}
 
     /** Runs {@code kiln <args>} in this JVM, capturing stdout and stderr. */
+    /** The model and optimizer tensors of both runs' checkpoints at {@code step} are equal, bit for bit. */
+    public static void assertSameCheckpoint(Trainer.Result ref, Trainer.Result got, int step) {
+        String ck = String.format("checkpoints/step-%06d/", step);
+        try (var s = MemoryScope.open()) {
+            for (String f : List.of("model.safetensors", "optimizer.safetensors")) {
+                Map<String, Tensor> x = Safetensors.read(ref.runDir().resolve(ck + f)).tensors(), y = Safetensors.read(got.runDir().resolve(ck + f)).tensors();
+                assertEquals(x.keySet(), y.keySet(), f);
+                for (String k : x.keySet()) assertArrayEquals(x.get(k).toDoubleArray(), y.get(k).toDoubleArray(), f + " " + k);
+            }
+        }
+    }
+
     public static Cli cli(String... args) {
         PrintStream oldOut = System.out, oldErr = System.err;
         ByteArrayOutputStream out = new ByteArrayOutputStream(), err = new ByteArrayOutputStream();
