@@ -32,7 +32,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * parallel.checkpoint: sharded under tensor and pipeline parallelism (the test GPT of {@link DataParallelTest}: 2
- * blocks, 2 heads, C 32): tp 2 (np 2), tp 2 × pp 2 (np 4) and dp 2 × pp 2 with ZeRO-1 (np 4), each run twice for 10
+ * blocks, 2 heads, C 32): tp 2 (np 2), tp 2 × pp 2 (np 4), dp 2 × pp 2 and dp 2 × tp 2 with ZeRO-1 (np 4), each run twice for 10
  * steps, sharded and consolidated, checkpoint at step 10. Every rank writes its own blocks, each element once; the
  * sharded checkpoint consolidated is byte for byte the consolidated mode's (model and optimizer, per tensor); it
  * resumes at another layout (tp 2 × pp 2 → one process, identical to resuming the consolidated one; tp 2 → pp 2
@@ -52,7 +52,8 @@ class ParallelShardedCheckpointTest {
     static final List<Layout> LAYOUTS = List.of(
             new Layout("tp2", 2, "parallel.tp=2"),
             new Layout("tp2pp2", 4, "parallel.tp=2", "parallel.pp=2"),
-            new Layout("dp2pp2", 4, "parallel.pp=2", "parallel.zero_stage=1"));
+            new Layout("dp2pp2", 4, "parallel.pp=2", "parallel.zero_stage=1"),
+            new Layout("dp2tp2", 4, "parallel.tp=2", "parallel.zero_stage=1"));
 
     static List<String> config(String name, String... extra) {
         return DataParallelTest.config(tmp, name, extra);
