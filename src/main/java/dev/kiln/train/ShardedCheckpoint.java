@@ -6,10 +6,11 @@ import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.kiln.KilnException;
 import dev.kiln.dist.DataParallel;
+import dev.kiln.dist.PipelineParallel;
 import dev.kiln.dist.ProcessGroup;
+import dev.kiln.dist.TensorParallel;
 import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.Gpt;
-import dev.kiln.nn.models.GptHfFormat;
 import dev.kiln.optim.Optimizer;
 import dev.kiln.optim.WeightAverage;
 import dev.kiln.tensor.DType;
@@ -38,22 +39,24 @@ import java.util.Map;
  * then the directory is renamed into place, so a rank that dies mid-write leaves only a {@code .tmp-} directory.
  * {@link #consolidate} assembles the pieces, checking each tensor is covered exactly once.
  *
- * <p>Implemented for data parallelism (DDP and ZeRO 1–3: whole tensors per owner); tensor and pipeline parallel runs
- * save consolidated checkpoints. Pieces carry offsets so that row/column blocks can be added without a new format.
+ * <p>Any layout dp × tp × pp of a GPT ({@link RankPieces}: a tensor-parallel shard is written as blocks of rows or
+ * columns of the whole tensor, a pipeline stage its own parameters, replicas once); data parallelism alone also for
+ * Llama (whole tensors balanced over the ranks). The ranks' files are named by world rank.
  */
 public final class ShardedCheckpoint {
     private ShardedCheckpoint() {}
 
     /** trainer.json's key of the index. */
     static final String INDEX_KEY = "shards";
-    private static final String MODEL = "model/", OPTIMIZER = "optimizer/", PIECES = "pieces";
+    static final String MODEL = "model/", OPTIMIZER = "optimizer/";
+    private static final String PIECES = "pieces";
     private static final ObjectMapper JSON = new ObjectMapper();
 
     /** A consolidated checkpoint in memory: HF model tensors in model order and the optimizer's state with its metadata. */
     public record Whole(Map<String, Tensor> model, Safetensors.Loaded optimizer) {}
 
     /** One block of a tensor: {@code kind} model or optimizer, the tensor's full name and shape, the block's offset. */
-    private record Piece(String kind, String name, int[] fullShape, int[] offset, Tensor block) {}
+    record Piece(String kind, String name, int[] fullShape, int[] offset, Tensor block) {}
 
     static String rankFile(int rank, int world) {
         return String.format("rank-%05d-of-%05d.safetensors", rank, world);
@@ -76,12 +79,16 @@ public final class ShardedCheckpoint {
     }
 
     /**
-     * Saves a sharded checkpoint (collective over {@code dp}'s group): every rank writes its file, the ranks agree that
-     * all succeeded, then rank 0 writes trainer.json and renames the directory into place. Returns the step directory.
+     * Saves a sharded checkpoint of the active data / tensor / pipeline parallelism (collective over the world): every
+     * rank writes its file, the ranks agree that all succeeded, then rank 0 writes trainer.json and renames the
+     * directory into place. Returns the step directory.
      */
-    static Path save(CheckpointStore store, DataParallel dp, CausalLm model, Optimizer opt, dev.kiln.train.config.OptimConfig oc,
+    static Path save(CheckpointStore store, CausalLm model, Optimizer opt, dev.kiln.train.config.OptimConfig oc,
                      List<WeightAverage> averages, CheckpointStore.TrainerState state, JsonNode config, int keep) {
-        ProcessGroup g = dp.group();
+        DataParallel dp = DataParallel.active();
+        TensorParallel tp = TensorParallel.active();
+        PipelineParallel pipe = PipelineParallel.active();
+        ProcessGroup g = ProcessGroup.world();
         int rank = g.rank(), world = g.size();
         long step = state.step();
         String fault = null;
@@ -95,7 +102,8 @@ public final class ShardedCheckpoint {
         agree(g, store, step, fault); // the directory exists before anyone writes into it
         Path tmp = store.temporaryDirectory(step);
         try (var scope = MemoryScope.open()) {
-            write(tmp.resolve(rankFile(rank, world)), pieces(dp, model, opt), opt, rank, world);
+            List<Piece> pieces = model instanceof Gpt gpt ? RankPieces.of(gpt, opt, dp, tp == null ? 0 : tp.rank(), tp == null ? 1 : tp.size(), pipe) : balancedPieces(dp, model, opt);
+            write(tmp.resolve(rankFile(rank, world)), pieces, opt, rank, world);
             if (rank == 0 && !averages.isEmpty()) CheckpointStore.writeAverages(tmp, averages); // replicated: once
         } catch (RuntimeException e) { // KilnException included: the other ranks must learn of it rather than wait
             fault = "rank " + rank + ": cannot write " + tmp.resolve(rankFile(rank, world)) + ": " + e.getMessage();
@@ -107,14 +115,15 @@ public final class ShardedCheckpoint {
             for (int r = 0; r < world; r++) files.add(rankFile(r, world));
             ObjectNode index = JSON.createObjectNode();
             index.put("world_size", world);
-            index.put("dp", world).put("tp", 1).put("pp", 1).put("zero_stage", dp.zeroStage()).put("step", step);
+            index.put("dp", dp == null ? 1 : dp.group().size()).put("tp", tp == null ? 1 : tp.size()).put("pp", pipe == null ? 1 : pipe.group().size())
+                    .put("zero_stage", dp == null ? 0 : dp.zeroStage()).put("step", step);
             ArrayNode fl = index.putArray("files");
             files.forEach(fl::add);
             ArrayNode order = index.putArray("model_order");
             modelNames(model).forEach(order::add);
             ArrayNode params = index.putArray("param_order");
             // the unsharded optimizer lists its state group by group (decay, no decay, …): consolidation keeps that order
-            for (var group : RunSetup.paramGroups(oc, model, dp.parameters())) group.params().keySet().forEach(params::add);
+            for (var group : RunSetup.paramGroups(oc, model, model.trainableParameters())) group.params().keySet().forEach(params::add);
             List<String> checked = new ArrayList<>(files);
             if (!averages.isEmpty()) checked.add(CheckpointStore.AVERAGES_FILE);
             return store.commit(state, checked, config, index, keep);
@@ -144,27 +153,19 @@ public final class ShardedCheckpoint {
     }
 
     /**
-     * What this rank writes: under ZeRO-3 the parameters it owns (the only ones it holds); otherwise each replicated
-     * tensor by its owner. Optimizer entries "kind.param" go with their parameter's owner (under ZeRO ≥ 1 that is this
-     * rank's whole shard); entries of no trainable parameter and frozen parameters go to rank 0.
+     * What a rank of a data-parallel non-GPT run writes (the whole model on every rank: ZeRO-3, tp and pp are GPT
+     * only): the HF tensors balanced over the ranks; optimizer entries "kind.param" with their parameter's owner
+     * (under ZeRO-1/2 that is this rank's whole shard); entries of no trainable parameter and frozen parameters on rank 0.
      */
-    private static List<Piece> pieces(DataParallel dp, CausalLm model, Optimizer opt) {
+    private static List<Piece> balancedPieces(DataParallel dp, CausalLm model, Optimizer opt) {
         int rank = dp.group().rank();
         var owners = dp.owners();
         var trainable = dp.parameters().keySet();
         Map<String, Tensor> mine = new LinkedHashMap<>();
-        if (model instanceof Gpt gpt) {
-            Map<String, Tensor> kiln = new LinkedHashMap<>();
-            gpt.namedParameters().forEach((n, p) -> {
-                if ((trainable.contains(n) ? owners.owner(n) : 0) == rank) kiln.put(n, p);
-            });
-            mine = GptHfFormat.toHf(kiln);
-        } else { // whole model on every rank (ZeRO-3 is GPT only): owners balanced over the HF tensors
-            Map<String, Tensor> hf = model.hfStateDict();
-            int[] owner = balance(hf, dp.group().size());
-            int i = 0;
-            for (var e : hf.entrySet()) if (owner[i++] == rank) mine.put(e.getKey(), e.getValue());
-        }
+        Map<String, Tensor> hf = model.hfStateDict();
+        int[] owner = balance(hf, dp.group().size());
+        int i = 0;
+        for (var e : hf.entrySet()) if (owner[i++] == rank) mine.put(e.getKey(), e.getValue());
         List<Piece> out = new ArrayList<>();
         mine.forEach((n, t) -> out.add(whole(MODEL, n, t)));
         opt.stateDict().forEach((k, t) -> {
@@ -174,7 +175,7 @@ public final class ShardedCheckpoint {
         return out;
     }
 
-    private static Piece whole(String kind, String name, Tensor t) {
+    static Piece whole(String kind, String name, Tensor t) {
         return new Piece(kind, name, t.shape(), new int[t.shape().length], t);
     }
 
@@ -195,7 +196,7 @@ public final class ShardedCheckpoint {
         return owner;
     }
 
-    private static void write(Path file, List<Piece> pieces, Optimizer opt, int rank, int world) {
+    static void write(Path file, List<Piece> pieces, Optimizer opt, int rank, int world) {
         Map<String, Tensor> tensors = new LinkedHashMap<>();
         ObjectNode meta = JSON.createObjectNode();
         for (Piece p : pieces) {
@@ -249,6 +250,10 @@ public final class ShardedCheckpoint {
         if (!index.isObject()) throw new TrainingException(checkpoint + " is not a sharded checkpoint (trainer.json has no '" + INDEX_KEY + "')");
         List<Path> files = new ArrayList<>();
         for (String f : files(index)) files.add(checkpoint.resolve(f));
+        int world = index.path("world_size").asInt(-1), layout = index.path("dp").asInt(1) * index.path("tp").asInt(1) * index.path("pp").asInt(1);
+        if (world != files.size() || layout != world)
+            throw new TrainingException(checkpoint.resolve(CheckpointStore.STATE_FILE) + ": the sharded index lists " + files.size() + " rank files for world_size "
+                    + world + " = dp " + index.path("dp").asInt(1) + " × tp " + index.path("tp").asInt(1) + " × pp " + index.path("pp").asInt(1) + "; they must agree");
         List<String> modelOrder = new ArrayList<>(), paramOrder = new ArrayList<>();
         index.path("model_order").forEach(n -> modelOrder.add(n.asText()));
         index.path("param_order").forEach(n -> paramOrder.add(n.asText()));
@@ -345,9 +350,37 @@ public final class ShardedCheckpoint {
             for (int[][] b : a.blocks) covered += Arrays.stream(b[1]).asLongStream().reduce(1, (x, y) -> x * y);
             for (int d : a.shape) total *= d;
             if (covered != total) // blocks are disjoint (checked when placed), so fewer elements means a gap
-                throw new TrainingException(what + " tensor " + a.name + ": the rank files cover " + covered + " of its " + total
-                        + " elements (a piece is missing; found in " + String.join(", ", a.from) + ")");
+                throw new TrainingException(what + " tensor " + a.name + " " + Arrays.toString(a.shape) + ": the rank files cover " + covered + " of its " + total
+                        + " elements (a piece is missing: element " + Arrays.toString(firstUncovered(a)) + " is in none; pieces found in " + String.join(", ", a.from) + ")");
         }
+    }
+
+    /** The first element (row-major) no block of {@code a} covers; only called when there is one. */
+    private static int[] firstUncovered(Assembly a) {
+        long total = 1;
+        for (int d : a.shape) total *= d;
+        java.util.BitSet covered = new java.util.BitSet(Math.toIntExact(Math.min(total, Integer.MAX_VALUE)));
+        int rank = a.shape.length;
+        for (int[][] b : a.blocks) {
+            long n = 1;
+            for (int d : b[1]) n *= d;
+            for (long i = 0; i < n; i++) { // element i of the block → its flat index in the tensor
+                long rest = i, at = 0, stride = 1;
+                for (int d = rank - 1; d >= 0; d--) {
+                    at += (b[0][d] + rest % b[1][d]) * stride;
+                    rest /= b[1][d];
+                    stride *= a.shape[d];
+                }
+                if (at < Integer.MAX_VALUE) covered.set((int) at);
+            }
+        }
+        long flat = covered.nextClearBit(0);
+        int[] idx = new int[rank];
+        for (int d = rank - 1; d >= 0; d--) {
+            idx[d] = (int) (flat % a.shape[d]);
+            flat /= a.shape[d];
+        }
+        return idx;
     }
 
     private static boolean overlaps(int[] o1, int[] s1, int[] o2, int[] s2) {

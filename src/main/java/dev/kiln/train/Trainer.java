@@ -413,10 +413,11 @@ public final class Trainer {
                                 model.dropoutRng().state(), opt.stepCount(), lrScale, rollbacks, tokensSeen, spent, bestVal, staleEvals,
                                 model.depth(), layerDrop == null ? 0 : layerDrop.rngState(),
                                 cfg.data().mixture().isBlank() ? new long[0] : sampler.memberTokens());
-                        lastCheckpoint = TensorParallelRun.active() ? TensorParallelRun.save(store, model, opt, state, configJson, tc.keep_checkpoints())
+                        boolean sharded = cfg.parallel().checkpoint().equals("sharded") && (dp != null || pipe != null || TensorParallelRun.active());
+                        lastCheckpoint = sharded ? ShardedCheckpoint.save(store, model, opt, cfg.optim(), averages, state, configJson, tc.keep_checkpoints())
+                                : TensorParallelRun.active() ? TensorParallelRun.save(store, model, opt, state, configJson, tc.keep_checkpoints())
                                 : pipe != null ? pipe.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done))
                                 : dp == null ? store.save(model, opt, averages, state, configJson, tc.keep_checkpoints())
-                                : cfg.parallel().checkpoint().equals("sharded") ? ShardedCheckpoint.save(store, dp, model, opt, cfg.optim(), averages, state, configJson, tc.keep_checkpoints())
                                 : dp.saveFromLead(opt, o -> store.save(model, o, averages, state, configJson, tc.keep_checkpoints()), store.stepDirectory(done));
                     } catch (TrainingException e) {
                         if (!faults.continue_on_checkpoint_error() || stop != null) throw e;

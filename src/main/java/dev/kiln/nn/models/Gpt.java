@@ -65,6 +65,7 @@ public final class Gpt extends CausalLm {
     /** Under tensor parallelism: the first vocabulary row this shard holds, and how each sharded parameter is cut. */
     private final int vocabStart;
     private final Map<String, TensorParallelism.Split> splits = new java.util.LinkedHashMap<>();
+    private final Map<String, int[]> wholeShapes = new java.util.LinkedHashMap<>(); // of the sharded parameters (sharded checkpoints)
 
     /**
      * Called around the model's units in every forward: unit −1 (the embeddings, final norm and tied head) is entered
@@ -159,6 +160,7 @@ public final class Gpt extends CausalLm {
 
     private Tensor shard(String name, Tensor full, TensorParallelism.Split split) {
         splits.put(name, split);
+        wholeShapes.put(name, full.shape());
         return split.slice(full, tp.rank(), tp.size());
     }
 
@@ -175,6 +177,12 @@ public final class Gpt extends CausalLm {
     /** Under tensor parallelism, the sharded parameters by name and how each is cut (the others are replicated); else empty. */
     public Map<String, TensorParallelism.Split> tensorParallelSplits() {
         return java.util.Collections.unmodifiableMap(splits);
+    }
+
+    /** Under tensor parallelism, the whole (unsharded) shape of the sharded parameter {@code name}; null for any other. */
+    public int[] tensorParallelWholeShape(String name) {
+        int[] s = wholeShapes.get(name);
+        return s == null ? null : s.clone();
     }
 
     /** The generator behind every dropout mask (its state is part of a checkpoint). */

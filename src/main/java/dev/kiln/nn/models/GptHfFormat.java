@@ -30,7 +30,7 @@ public final class GptHfFormat {
     public static final String SCALE_SUFFIX = "_scale";
 
     /** HF Conv1D weights (adapters' lora_A/lora_B are plain nn.Linear in PEFT and are not transposed). */
-    static boolean isConv1D(String name) {
+    public static boolean isConv1D(String name) {
         return name.endsWith(".attn.c_attn.weight") || name.endsWith(".attn.c_proj.weight")
                 || name.endsWith(".mlp.c_fc.weight") || name.endsWith(".mlp.c_proj.weight");
     }
