@@ -40,7 +40,7 @@ final class PipelineRun {
         var av = cfg.averaging();
         if (av.ema_decay() > 0 || av.swa_start() > 0 || av.lawa_k() > 0) throw refuse("averaging (the averages would need every stage's weights)");
         if (dpSize > 1 && pc.zero_stage() >= 2)
-            throw refuse("parallel.zero_stage " + pc.zero_stage() + " (stages 0 and 1 compose with pp)");
+            throw refuse("parallel.zero_stage " + pc.zero_stage() + " (as in DeepSpeed: sharding gradients or parameters would cost a reduce-scatter or an all-gather per micro-batch and save no memory across the accumulation; use 0 or 1)");
         if (tc.batch_size() % (dpSize * m) != 0)
             throw new TrainingException("train.batch_size " + tc.batch_size() + " must be divisible by the " + dpSize + " data-parallel ranks × "
                     + m + " micro-batches (parallel.micro_batches, 0 = pp)");
