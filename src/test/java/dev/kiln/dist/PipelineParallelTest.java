@@ -254,6 +254,18 @@ class PipelineParallelTest {
         assertTrue(r.output().contains("cannot be combined with pipeline parallelism (parallel.pp > 1)"), r.output());
     }
 
+    /**
+     * ZeRO-2/3 under dp × pp is refused as DeepSpeed's pipeline engine refuses it (sharding gradients or parameters costs
+     * a collective per micro-batch and saves no memory over the accumulation), with the reason in the one line.
+     */
+    @Test
+    void zeroStage2WithDataAndPipelineParallelismIsRefused() throws Exception {
+        var r = MpiRun.run(4, DistTrainMain.class.getName(), 120, config("refused_zero2", "parallel.pp=2", "parallel.zero_stage=2").toArray(String[]::new));
+        assertNotEquals(0, r.exitCode());
+        assertTrue(r.output().contains("parallel.zero_stage 2 (as in DeepSpeed: sharding gradients or parameters would cost"), r.output());
+        assertTrue(r.output().contains("cannot be combined with pipeline parallelism (parallel.pp > 1)"), r.output());
+    }
+
     static void copyTree(Path from, Path to) throws IOException {
         try (var walk = Files.walk(from)) {
             for (Path p : walk.toList()) {

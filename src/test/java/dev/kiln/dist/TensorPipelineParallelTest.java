@@ -20,7 +20,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * Tensor parallelism inside pipeline stages under mpirun gives the losses of single-process training on the same
  * global batch: the run of {@link DataParallelTest} (20 steps, batch 12, GPT of 2 blocks, 2 heads, C 32) at tp 2 ×
- * pp 2 with 1F1B on 4 ranks, and dp 2 × tp 2 × pp 2 with ZeRO-1 on 8 (--oversubscribe). Tolerance 1e-4 relative, as for the other modes: shards and micro-batches sum in
+ * pp 2 with 1F1B and with GPipe on 4 ranks, and dp 2 × tp 2 × pp 2 with ZeRO-1 on 8 (--oversubscribe). Tolerance 1e-4 relative, as for the other modes: shards and micro-batches sum in
  * another order than one process (fp32 rounding amplified over 20 AdamW steps); a lost wte sum, a misrouted
  * activation or a norm counted twice moves the losses at the 1e-2 level. The tp 2 × pp 2 step-20 checkpoint is the
  * single process's (names, shapes, values), and its step-10 checkpoint resumes in one process and at tp 2 × pp 2.
@@ -118,6 +118,21 @@ class TensorPipelineParallelTest {
             System.out.printf("tp 2 × pp 2 resumed at tp 2 × pp 2 from step 10, rank %d: max relative loss difference %.3g%n", rank, d);
             assertTrue(d < TOLERANCE, l + " vs " + rest);
         }
+    }
+
+    /**
+     * tp 2 × pp 2 with the GPipe schedule over 4 micro-batches (all forwards, then all backwards): the same losses, equal
+     * replicated parameters within each stage, and the step-20 checkpoint, consolidated over tp and pp, is the single
+     * process's.
+     */
+    @Test
+    void tp2TimesPp2GPipe() throws Exception {
+        var r = sameLosses(4, "tp2pp2_gpipe", "parallel.tp=2", "parallel.pp=2", "parallel.pp_schedule=gpipe", "parallel.micro_batches=4",
+                "train.checkpoint_interval=20");
+        assertTrue(r.output().contains("gpipe schedule, 4 micro-batches"), r.output());
+        replicatedAgreeWithinStages(r, "tp2pp2_gpipe", 4);
+        sameCheckpoint("tp2pp2_gpipe", "model.safetensors");
+        sameCheckpoint("tp2pp2_gpipe", "optimizer.safetensors");
     }
 
     /** dp 2 × tp 2 × pp 2 with ZeRO-1 on 8 ranks (measured: 24 s for the mpirun job at a load average of 8). */
