@@ -201,7 +201,12 @@ class TensorParallelTest {
      * of it. Returns how many steps clipped (norm above optim.grad_clip's default 1), so the scaling ran too.
      */
     static int sameGradNorms(String name) throws Exception {
-        Map<Long, Double> want = gradNorms(singleRun.runDir()), got = gradNorms(tmp.resolve("runs").resolve(name));
+        return sameGradNorms(tmp.resolve("runs").resolve(name), singleRun.runDir(), name);
+    }
+
+    /** {@link #sameGradNorms(String)} for the run in {@code runDir} against the one-process run in {@code referenceDir}. */
+    static int sameGradNorms(Path runDir, Path referenceDir, String name) throws Exception {
+        Map<Long, Double> want = gradNorms(referenceDir), got = gradNorms(runDir);
         assertEquals(want.keySet(), got.keySet(), name + ": steps with a gradient norm");
         double worst = 0;
         int clipped = 0;
