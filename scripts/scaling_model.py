@@ -23,8 +23,9 @@ Assumptions (GPU part):
     backward (window = all compute). tp's all-reduces sit on the critical path (fully exposed). pp's p2p overlaps
     the other micro-batches' compute except on the fill and drain (2(p−1) transfers exposed); the bubble
     (p−1)/(m+p−1) stretches compute: step = compute/(1 − bubble) + tp + exposed dp + exposed pp.
-  * pp micro-batch = 1 sequence, so m = sequences per replica per step. Compositions run ZeRO-1 over dp (what kiln
-    composes with pp; ZeRO-2/3 are refused there), and tp 8 × dp also ZeRO-3 (kiln composes every stage with tp).
+  * pp micro-batch = 1 sequence, so m = sequences per replica per step. Compositions with pp run ZeRO-1 over dp
+    (ZeRO-3 is refused with pp; ZeRO-2 runs there but cuts no peak memory, as gradients accumulate over the
+    micro-batches), and tp 8 × dp also ZeRO-3 (kiln composes every stage with tp).
 """
 import math
 
