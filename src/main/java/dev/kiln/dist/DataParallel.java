@@ -32,7 +32,7 @@ import java.util.Map;
  *       it runs, in forward and in backward, and freed after ({@link ParameterSharding}).</li>
  * </ul>
  * Under tensor parallelism the group is the dp group of a {@link ParallelLayout} and the parameters are this rank's
- * tp shard: every stage shards the shard (the shards of a tp group have equal shapes, so they agree on owners), and
+ * tp shard: each ZeRO stage shards that shard (the shards of a tp group have equal shapes, so they agree on owners), and
  * {@link #clip} adds the tp group's sum.
  * The trainer reaches it through {@link #active()} (null in a single process), so a plain run is untouched.
  */
