@@ -3,7 +3,7 @@
 # rank hands to the collectives per step in every mode, checked against the analytic formula.
 #
 # Usage (from anywhere): bench/dist.sh [--steps 20] [--n-layer 4] [--n-embd 128] [--block-size 64] [--batch 12] [--micro 4]
-#        [--modes ddp,zero1,zero2,zero3,tp2,dp2tp2,pp2_1f1b,pp2_gpipe,tp2pp2] (a subset runs only those; commas or spaces)
+#        [--modes ddp,zero1,zero2,zero3,tp2,dp2tp2,dp2tp2z3,pp2_1f1b,pp2_gpipe,tp2pp2] (a subset runs only those; commas or spaces)
 #
 # What it does:
 #   1. builds target/kiln.jar once (the ranks then run it with KILN_NO_BUILD=1, so they never build concurrently);
@@ -31,6 +31,9 @@
 #      and dp2tp2 adds the data-parallel all-reduce of each shard's gradients, 4·P_t + 8, with the parameters per
 #      rank P_t = T·C + 2C + 6LC (replicated: wpe, LayerNorms, c_proj biases) + (V_t·C + L·(12C² + 7C))/t, where
 #      V_t is the vocabulary padded to a multiple of t.
+#        dp2tp2z3 (np 4, dp 2 × tp 2, ZeRO-3 over each shard's dp pair): tp's all-reduce as dp2tp2's, and on the dp
+#              group ZeRO-3's bytes over the shard, reduce-scatter 4·P_t, all-gather 4·P_t + 4·(P_t − P_t,root) with
+#              P_t,root = (V_t/t)·C + T·C + 2C, all-reduce 8 (loss) + 16 (the norm's sharded and replicated sums)
 #        pp    (p stages, m micro-batches of b = B/m rows, one activation or gradient A = b·T·C·4 bytes):
 #              all the stages together send 2·(p−1)·m·A (each of the p−1 boundaries: m activations forward, m
 #              gradients back; "pipeline_send_all_stages"); rank 0 (stage 0) sends m·A and receives m·A, and
@@ -43,7 +46,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=20 L=4 C=128 T=64 B=12 M=4 MODES=ddp,zero1,zero2,zero3,tp2,dp2tp2,pp2_1f1b,pp2_gpipe,tp2pp2
+STEPS=20 L=4 C=128 T=64 B=12 M=4 MODES=ddp,zero1,zero2,zero3,tp2,dp2tp2,dp2tp2z3,pp2_1f1b,pp2_gpipe,tp2pp2
 while (( $# )); do
     case $1 in
         --steps) STEPS=$2; shift 2 ;;
@@ -86,11 +89,11 @@ for mode in ddp:0 zero1:1 zero2:2 zero3:3; do
     run "$name" "$STEPS" 2 --set parallel.zero_stage=$stage
     run "${name}_long" $((STEPS + 10)) 2 --set parallel.zero_stage=$stage
 done
-for mode in tp2:2 dp2tp2:4; do
-    name=${mode%%:*} np=${mode##*:}
+for mode in tp2:2:0 dp2tp2:4:0 dp2tp2z3:4:3; do
+    IFS=: read -r name np stage <<<"$mode"
     [[ ",$MODES," == *",$name,"* ]] || continue
-    run "$name" "$STEPS" "$np" --set parallel.tp=2
-    run "${name}_long" $((STEPS + 10)) "$np" --set parallel.tp=2
+    run "$name" "$STEPS" "$np" --set parallel.tp=2 --set parallel.zero_stage=$stage
+    run "${name}_long" $((STEPS + 10)) "$np" --set parallel.tp=2 --set parallel.zero_stage=$stage
 done
 for sched in 1f1b gpipe; do
     [[ ",$MODES," == *",pp2_$sched,"* ]] || continue
@@ -125,6 +128,9 @@ def params_per_rank(t):
 tp_formula = {"tp2": {"all_reduce": tp_bytes(2, B)}, "dp2tp2": {"all_reduce": tp_bytes(2, B // 2)}}
 formula["tp2"] = {"all_reduce": tp_bytes(2, B)}
 formula["dp2tp2"] = {"all_reduce": tp_bytes(2, B // 2) + 4*params_per_rank(2) + 8}
+Pt, Pt_root = params_per_rank(2), -(-V // 2)*C + T*C + 2*C
+tp_formula["dp2tp2z3"] = {"all_reduce": tp_bytes(2, B // 2)}
+formula["dp2tp2z3"] = {"reduce_scatter": 4*Pt, "all_gather": 4*Pt + 4*(Pt - Pt_root), "all_reduce": tp_bytes(2, B // 2) + 8 + 16}
 A, stages = (B // M) * T * C * 4, 2  # one micro-batch's activation (or its gradient), fp32
 for sched in ("1f1b", "gpipe"):
     formula["pp2_" + sched] = {"send": M*A, "recv": M*A, "all_reduce": 4*V*C + 16, "pipeline_send_all_stages": 2*(stages - 1)*M*A}
@@ -132,7 +138,7 @@ L0 = L // stages + (1 if L % stages else 0)  # stage 0's blocks (the spare ones 
 tp_formula["tp2pp2"] = {"all_reduce": 16*L0*B*T*C + 4*B*T*C + 8}
 formula["tp2pp2"] = {"send": M*A, "recv": M*A, "all_reduce": tp_formula["tp2pp2"]["all_reduce"] + 4*(-(-V // 2))*C + 16,
                      "pipeline_send_all_stages": 2*(stages - 1)*M*A}
-ranks = {"tp2": 2, "dp2tp2": 4, "tp2pp2": 4}
+ranks = {"tp2": 2, "dp2tp2": 4, "dp2tp2z3": 4, "tp2pp2": 4}
 n = 2
 rows, ok = [], True
 base = tok_s("np1")

@@ -23,8 +23,9 @@ Assumptions (GPU part):
     backward (window = all compute). tp's all-reduces sit on the critical path (fully exposed). pp's p2p overlaps
     the other micro-batches' compute except on the fill and drain (2(p−1) transfers exposed); the bubble
     (p−1)/(m+p−1) stretches compute: step = compute/(1 − bubble) + tp + exposed dp + exposed pp.
-  * pp micro-batch = 1 sequence, so m = sequences per replica per step. Compositions run ZeRO-1 over dp (what kiln
-    composes with tp and pp; ZeRO-2/3 are refused there).
+  * pp micro-batch = 1 sequence, so m = sequences per replica per step. Compositions with pp run ZeRO-1 over dp
+    (ZeRO-3 is refused with pp; ZeRO-2 runs there but cuts no peak memory, as gradients accumulate over the
+    micro-batches), and tp 8 × dp also ZeRO-3 (kiln composes every stage with tp).
 """
 import math
 
@@ -116,6 +117,7 @@ def verify_bench():
     measured = {
         "ddp": 3_239_432, "zero1": 6_478_856, "zero2": 6_478_864, "zero3": 9_651_216,
         "tp2": 7_096_328, "dp2tp2": 5_191_184, "pp2_1f1b": 426_512, "pp2_gpipe": 426_512, "tp2pp2": 3_949_080,
+        "dp2tp2z3": 8_426_528,
     }
     P, R = s.params(), s.root()
     pp = pp_bytes(s, m, B, e)
@@ -125,6 +127,9 @@ def verify_bench():
         "zero2": sum(dp_bytes(P, R, 2, e).values()), "zero3": sum(dp_bytes(P, R, 3, e).values()),
         "tp2": tp_bytes(s, 2, B, e),
         "dp2tp2": tp_bytes(s, 2, B // 2, e) + e * s.tp_params(2) + 8,
+        # dp 2 × tp 2 at ZeRO-3: ZeRO-3's bytes over the tp shard (its root: the wte shard, wpe, ln_f), the norm's
+        # sharded and replicated sums over dp (8 more than dp_bytes' one norm double)
+        "dp2tp2z3": tp_bytes(s, 2, B // 2, e) + sum(dp_bytes(s.tp_params(2), -(-s.V // 2) * s.C + s.T * s.C + 2 * s.C, 3, e).values()) + 8,
         "pp2_1f1b": pp["send"] + pp["all_reduce"], "pp2_gpipe": pp["send"] + pp["all_reduce"],
         # stage 0 of tp 2 × pp 2: its L/2 blocks, the embedding's g only; no cross-entropy
         "tp2pp2": pp_tp["send"] + pp_tp["all_reduce"]
@@ -224,5 +229,5 @@ if __name__ == "__main__":
     project(gpt2xl, dp_layouts() + [("tp 2 × dp (ZeRO-1)", 2, 1, 1), ("tp 4 × dp (ZeRO-1)", 4, 1, 1),
                                     ("pp 4 × dp (ZeRO-1)", 1, 4, 1), ("tp 2 × pp 2 × dp (ZeRO-1)", 2, 2, 1)])
     # 70B: tp 8 fills a node; pp 8 alone; tp 8 × pp 8 (Megatron's usual 70B layout) and tp 8 × pp 4 (less bubble).
-    project(llama70, dp_layouts() + [("tp 8 × dp (ZeRO-1)", 8, 1, 1), ("pp 8 × dp (ZeRO-1)", 1, 8, 1),
+    project(llama70, dp_layouts() + [("tp 8 × dp (ZeRO-1)", 8, 1, 1), ("tp 8 × dp (ZeRO-3)", 8, 1, 3), ("pp 8 × dp (ZeRO-1)", 1, 8, 1),
                                      ("tp 8 × pp 4 × dp (ZeRO-1)", 8, 4, 1), ("tp 8 × pp 8 × dp (ZeRO-1)", 8, 8, 1)])

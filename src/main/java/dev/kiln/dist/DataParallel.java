@@ -31,6 +31,9 @@ import java.util.Map;
  *   <li>stage 3: as stage 2, and each rank also keeps only its own parameters: a block's are all-gathered just before
  *       it runs, in forward and in backward, and freed after ({@link ParameterSharding}).</li>
  * </ul>
+ * Under tensor parallelism the group is the dp group of a {@link ParallelLayout} and the parameters are this rank's
+ * tp shard: each ZeRO stage shards that shard (the shards of a tp group have equal shapes, so they agree on owners), and
+ * {@link #clip} adds the tp group's sum.
  * The trainer reaches it through {@link #active()} (null in a single process), so a plain run is untouched.
  */
 public final class DataParallel {
@@ -302,15 +305,21 @@ public final class DataParallel {
 
     /**
      * Global-norm clipping as {@link dev.kiln.optim.GradClip#clip}: below stage 2 every rank holds the whole averaged
-     * gradient, so the local norm is the global one; at stage 2 each rank sums the squares of the gradients it owns
-     * and the sums are added across ranks.
+     * gradient, so the local norm is the global one (under tensor parallelism {@link TensorParallel#clip}'s, which
+     * adds the shards'); at stage 2 each rank sums the squares of the gradients it owns and the sums are added across
+     * ranks. Under tensor parallelism too (ZeRO-2/3 over each shard's data-parallel group): the squares of tp-sharded
+     * and of replicated gradients are summed apart over dp, then the sharded sum is added over the tp group (each
+     * shard's part once) while the replicated one, equal on every shard, is counted once. The ownership of a name is
+     * the same on every shard (equal shapes), so every rank of the job gets the same norm.
      */
     public double clip(Collection<Parameter> all, double maxNorm) {
-        if (stage < 2) return dev.kiln.optim.GradClip.clip(all, maxNorm);
-        double[] sq = {0};
-        for (Parameter p : all) if (p.grad() != null && owns(p)) sq[0] += Backend.of(p).sumOfSquares(p.grad());
+        TensorParallel tp = TensorParallel.active();
+        if (stage < 2) return tp != null ? tp.clip(all, maxNorm) : dev.kiln.optim.GradClip.clip(all, maxNorm);
+        double[] sq = new double[tp == null ? 1 : 2]; // [all] without tp (one double on the wire, as ever); [tp-sharded, replicated]
+        for (Parameter p : all)
+            if (p.grad() != null && owns(p)) sq[tp != null && !tp.isSharded(p) ? 1 : 0] += Backend.of(p).sumOfSquares(p.grad());
         group.allReduceSum(sq);
-        double norm = Math.sqrt(sq[0]);
+        double norm = Math.sqrt(tp == null ? sq[0] : tp.sumOverShards(sq[0]) + sq[1]);
         if (maxNorm > 0 && Double.isFinite(norm)) {
             double coef = maxNorm / (norm + 1e-6);
             if (coef < 1) for (Parameter p : all) if (p.grad() != null && owns(p)) Backend.of(p).scale(p.grad(), coef);

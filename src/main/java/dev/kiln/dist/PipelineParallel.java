@@ -36,7 +36,10 @@ import java.util.function.Function;
  * each other), receives blocking. The last stage backpropagates loss_i / m, so the accumulated gradient is that of
  * the whole batch's mean loss, as in a single process. After the flush: data-parallel averaging of the stage's
  * gradients (when dp > 1), the wte sum, the clipping norm summed over the stages (wte counted once), loss and norm
- * made known on every rank, clip, update.
+ * made known on every rank, clip, update. ZeRO-2 reduce-scatters the accumulated gradients once, after the flush
+ * (the wte sum before it), and sums the norm over dp; while the micro-batches accumulate every rank holds its
+ * stage's whole gradient, so it saves gradient memory only between the reduce-scatter and the next step's backward,
+ * and a third of the dp bytes on the wire (reduce-scatter instead of ZeRO-1's all-reduce).
  *
  * <p>Under tensor parallelism (tp × pp) the model is this rank's {@link Gpt} shard: its pipeline group links the
  * same tp rank of every stage, so activations go shard to shard (they are whole, (B/m, T, C), after each block's g);
@@ -198,14 +201,15 @@ public final class PipelineParallel {
             finishSends();
         }
         DataParallel dp = DataParallel.active();
+        // ZeRO-2: after the reduce-scatter a rank holds only the gradients it owns, and the two ends of the pipeline
+        // may own wte on different dp ranks, so its two halves are summed first (the sum and the dp mean commute)
+        boolean zero2 = dp != null && dp.zeroStage() >= 2;
+        if (zero2) sumTiedGradient();
         if (dp != null) { // this stage's gradients averaged over its data-parallel ranks, once, after the flush
             dp.beforeBackward();
             dp.afterBackward();
         }
-        if (embedding != null) { // the tied wte: embedding gradient (stage 0) + head gradient (last stage), on both
-            if (tied.grad() == null) tied.setGrad(persistentZerosLike(tied));
-            embedding.allReduce(FlatF32.data(tied.grad(), "transformer.wte.weight gradient"), (int) tied.numel());
-        }
+        if (!zero2) sumTiedGradient();
         boolean last = stage == stages - 1;
         double loss = last ? lossSum / m : 0;
         if (dp != null && last) loss = dp.meanLoss(loss);
@@ -215,6 +219,12 @@ public final class PipelineParallel {
             double s = Backend.of(p).sumOfSquares(p.grad());
             if (tp != null && tp.isSharded(p)) shardSq += s;
             else sq += s;
+        }
+        if (zero2) { // each dp rank has the squares of the gradients it owns: summed over dp (sharded and replicated apart)
+            double[] d = {shardSq, sq};
+            dp.group().allReduceSum(d);
+            shardSq = d[0];
+            sq = d[1];
         }
         if (tp != null) sq += tp.sumOverShards(shardSq); // tp × pp: sharded gradients once per shard, replicated once
         double[] v = {loss, sq}; // only the last stage knows the loss: the sum hands it to every stage
@@ -232,6 +242,13 @@ public final class PipelineParallel {
         if (Double.isFinite(norm)) opt.step(lr);
         model.zeroGrad();
         return new StepResult(loss, norm);
+    }
+
+    /** The tied wte: embedding gradient (stage 0) + head gradient (last stage), on both; nothing on middle stages. */
+    private void sumTiedGradient() {
+        if (embedding == null) return;
+        if (tied.grad() == null) tied.setGrad(persistentZerosLike(tied));
+        embedding.allReduce(FlatF32.data(tied.grad(), "transformer.wte.weight gradient"), (int) tied.numel());
     }
 
     /**

@@ -39,8 +39,8 @@ final class PipelineRun {
         if (cfg.qat().enabled()) throw refuse("qat");
         var av = cfg.averaging();
         if (av.ema_decay() > 0 || av.swa_start() > 0 || av.lawa_k() > 0) throw refuse("averaging (the averages would need every stage's weights)");
-        if (dpSize > 1 && pc.zero_stage() >= 2)
-            throw refuse("parallel.zero_stage " + pc.zero_stage() + " (stages 0 and 1 compose with pp)");
+        if (dpSize > 1 && pc.zero_stage() == 3)
+            throw refuse("parallel.zero_stage 3 (as in DeepSpeed: it would all-gather the stage's parameters again for every micro-batch; use 0, 1 or 2)");
         if (tc.batch_size() % (dpSize * m) != 0)
             throw new TrainingException("train.batch_size " + tc.batch_size() + " must be divisible by the " + dpSize + " data-parallel ranks × "
                     + m + " micro-batches (parallel.micro_batches, 0 = pp)");

@@ -90,8 +90,6 @@ final class TensorParallelRun {
             why = "train.offload_params / train.offload_optimizer are not supported with tensor parallelism";
         else if (cfg.averaging().ema_decay() > 0 || cfg.averaging().swa_start() > 0 || cfg.averaging().lawa_k() > 0)
             why = "averaging: is not supported with tensor parallelism (the averages are not consolidated into checkpoints)";
-        else if (cfg.parallel().zero_stage() > 1)
-            why = "parallel.zero_stage " + cfg.parallel().zero_stage() + " is not supported with tensor parallelism; use 0 or 1";
         else if (!OPTIMIZERS.contains(cfg.optim().optimizer()))
             why = "optim.optimizer " + cfg.optim().optimizer() + " is not supported with tensor parallelism (its state or update is not per element); use one of " + OPTIMIZERS;
         if (why != null) throw new TrainingException("parallel.tp " + cfg.parallel().tp() + ": " + why);

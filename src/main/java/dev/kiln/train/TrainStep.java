@@ -75,8 +75,8 @@ public final class TrainStep {
         if (!Double.isFinite(loss)) return new StepResult(loss, Double.NaN);
         DataParallel dp = DataParallel.active();
         var tp = dev.kiln.dist.TensorParallel.active(); // tensor parallel: sharded gradients' squares summed over the shards
-        double norm = tp != null ? tp.clip(model.parameters(), gradClip)
-                : dp == null ? GradClip.clip(model.parameters(), gradClip) : dp.clip(model.parameters(), gradClip);
+        double norm = dp != null ? dp.clip(model.parameters(), gradClip) // (dp × tp: over dp, then over the shards)
+                : tp != null ? tp.clip(model.parameters(), gradClip) : GradClip.clip(model.parameters(), gradClip);
         if (Double.isFinite(norm)) opt.step(lr);
         model.zeroGrad();
         return new StepResult(loss, norm);

@@ -41,6 +41,7 @@ public final class DistTrainMain {
         System.out.println(memory);
         // tensor parallel: a checksum of the replicated parameters, which must stay bit-identical on every shard
         TensorParallel tp = TensorParallel.active();
+        if (tp != null && DataParallel.active() != null) DataParallel.active().gatherAllParameters(); // ZeRO-3: whole shards (collective)
         String replicated = tp == null ? "" : "REPLICATED " + rank + " " + tp.rank() + " " + replicatedChecksum(tp) + "\n";
         DataParallel dpActive = DataParallel.active();
         String comm = dpActive == null ? "" : "COMM " + rank + " " + dpActive.group().stats() + "\n";

@@ -245,12 +245,47 @@ class PipelineParallelTest {
         sameCheckpoint("dp2pp2", single, "optimizer.safetensors", 1e-3);
     }
 
+    /**
+     * dp 2 × pp 2 with ZeRO-2: each stage's accumulated gradients reduce-scattered once after the flush (the tied wte's
+     * two halves summed between the ends first) and the clipping norm summed over dp: the losses and every step's
+     * gradient norm; each stage's gradients and optimizer state split over its two data-parallel ranks (parameters
+     * whole); the step-20 checkpoint is the single process's. Three blocks (stage 0: blocks 0–1, stage 1: block 2), so
+     * the greedy owners put wte on dp rank 0 of stage 0 but dp rank 1 of the last stage: the two halves must be summed
+     * before the reduce-scatter frees the unowned one.
+     */
+    @Test
+    void dp2TimesPp2WithZero2() throws Exception {
+        var single3 = new Trainer(ConfigLoader.load(null, config("single3", "model.n_layer=3")), false, new PrintStream(new ByteArrayOutputStream()), false).run();
+        long[][] m = sameLosses(4, "dp2pp2_zero2", single3.losses(), "model.n_layer=3", "parallel.pp=2", "parallel.zero_stage=2");
+        TensorParallelTest.sameGradNorms(tmp.resolve("runs/dp2pp2_zero2"), single3.runDir(), "dp2pp2_zero2");
+        // world ranks 0, 1: stage 0 (dp 0, 1); ranks 2, 3: stage 1
+        long wte = wteBytes(vocab());
+        stageMemory(new long[][]{{m[0][0], m[0][1] + m[1][1], m[0][2] + m[1][2]}, {m[2][0], m[2][1] + m[3][1], m[2][2] + m[3][2]}}, single3.memory(), wte, 2);
+        for (int rank = 0; rank < 4; rank++)
+            assertTrue(m[rank][1] > 0 && m[rank][1] < m[rank][0], "rank " + rank + " keeps only the gradients it owns: " + Arrays.deepToString(m));
+        assertEquals(m[0][0], m[1][0]);
+        sameCheckpoint("dp2pp2_zero2", single3, "model.safetensors", 1e-3);
+        sameCheckpoint("dp2pp2_zero2", single3, "optimizer.safetensors", 1e-3);
+    }
+
     /** What pipeline parallelism does not support ends every rank with one line naming the key. */
     @Test
     void unsupportedFeaturesAreRefused() throws Exception {
         var r = MpiRun.run(2, DistTrainMain.class.getName(), 120, config("refused", "parallel.pp=2", "model.dropout=0.1").toArray(String[]::new));
         assertNotEquals(0, r.exitCode());
         assertTrue(r.output().contains("model.dropout > 0 (micro-batches cannot reproduce"), r.output());
+        assertTrue(r.output().contains("cannot be combined with pipeline parallelism (parallel.pp > 1)"), r.output());
+    }
+
+    /**
+     * ZeRO-3 under dp × pp is refused as DeepSpeed's pipeline engine refuses it (it would gather the stage's parameters
+     * again for every micro-batch), with the reason in the one line.
+     */
+    @Test
+    void zeroStage3WithDataAndPipelineParallelismIsRefused() throws Exception {
+        var r = MpiRun.run(4, DistTrainMain.class.getName(), 120, config("refused_zero3", "parallel.pp=2", "parallel.zero_stage=3").toArray(String[]::new));
+        assertNotEquals(0, r.exitCode());
+        assertTrue(r.output().contains("parallel.zero_stage 3 (as in DeepSpeed: it would all-gather the stage's parameters again for every micro-batch"), r.output());
         assertTrue(r.output().contains("cannot be combined with pipeline parallelism (parallel.pp > 1)"), r.output());
     }
 

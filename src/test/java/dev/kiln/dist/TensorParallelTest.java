@@ -34,6 +34,7 @@ class TensorParallelTest {
     static Path tmp;
     static List<Double> single;
     static Path singleCheckpoint;
+    static Trainer.Result singleRun;
 
     static List<String> config(String name, String... extra) {
         List<String> o = new ArrayList<>(List.of("model.n_layer=2", "model.n_head=4", "model.n_embd=32", "model.block_size=32",
@@ -48,6 +49,7 @@ class TensorParallelTest {
     @BeforeAll
     static void singleProcess() {
         var r = new Trainer(ConfigLoader.load(null, config("single")), false, new PrintStream(new ByteArrayOutputStream()), false).run();
+        singleRun = r;
         single = r.losses();
         singleCheckpoint = r.runDir().resolve("checkpoints/step-000020");
         assertEquals(20, single.size());
@@ -179,5 +181,135 @@ class TensorParallelTest {
         for (int tpRank = 0; tpRank < 2; tpRank++) // world ranks tpRank and tpRank + 2 hold the same shard (Megatron order)
             assertEquals(2 * m[tpRank][0], m[tpRank][2] + m[tpRank + 2][2], "ZeRO-1 splits shard " + tpRank + "'s optimizer state over dp");
         System.out.println("dp2×tp2 ZeRO-1: per-rank {param, grad, optimizer} bytes " + Arrays.deepToString(m));
+    }
+
+    /** dp 2 × tp 2 at ZeRO-0 (DDP over each shard's data-parallel pair): the losses, and the whole shard's state on every rank. */
+    @Test
+    void dp2ByTp2WithZero0MatchesOneProcess() throws Exception {
+        var r = sameLosses(4, "dp2tp2_zero0", single, config("dp2tp2_zero0", "parallel.tp=2", "parallel.zero_stage=0").toArray(String[]::new));
+        assertTrue(r.output().contains("kiln: data parallel over 2 ranks, ZeRO stage 0"), r.output());
+        replicatedAgree(r, "dp2tp2_zero0", 4);
+        sameGradNorms("dp2tp2_zero0");
+        long p = 4 * parametersPerRank(2);
+        for (int rank = 0; rank < 4; rank++)
+            assertEquals(Arrays.toString(new long[]{p, p, 2 * p}), Arrays.toString(memory(r, "dp2tp2_zero0", rank)), "rank " + rank + ": DDP keeps the shard's whole state");
+    }
+
+    /**
+     * The pre-clipping gradient norm of every step of run {@code name} (metrics.jsonl, written by rank 0) is the
+     * single process's within {@link #TOLERANCE}: the norm of the whole model's gradient, whatever holds which part
+     * of it. Returns how many steps clipped (norm above optim.grad_clip's default 1), so the scaling ran too.
+     */
+    static int sameGradNorms(String name) throws Exception {
+        return sameGradNorms(tmp.resolve("runs").resolve(name), singleRun.runDir(), name);
+    }
+
+    /** {@link #sameGradNorms(String)} for the run in {@code runDir} against the one-process run in {@code referenceDir}. */
+    static int sameGradNorms(Path runDir, Path referenceDir, String name) throws Exception {
+        Map<Long, Double> want = gradNorms(referenceDir), got = gradNorms(runDir);
+        assertEquals(want.keySet(), got.keySet(), name + ": steps with a gradient norm");
+        double worst = 0;
+        int clipped = 0;
+        for (var e : want.entrySet()) {
+            worst = Math.max(worst, Math.abs(got.get(e.getKey()) - e.getValue()) / e.getValue());
+            if (e.getValue() > 1) clipped++;
+        }
+        System.out.printf("%s: max relative gradient-norm difference to single process %.3e over %d steps (%d clipped)%n", name, worst, want.size(), clipped);
+        assertTrue(worst < TOLERANCE, name + ": gradient norms " + got + " vs " + want);
+        return clipped;
+    }
+
+    private static Map<Long, Double> gradNorms(Path runDir) throws Exception {
+        Map<Long, Double> out = new TreeMap<>();
+        var json = new com.fasterxml.jackson.databind.ObjectMapper();
+        for (String line : Files.readAllLines(runDir.resolve("metrics.jsonl"))) {
+            var rec = json.readTree(line);
+            if (rec.has("grad_norm")) out.put(rec.get("step").asLong(), rec.get("grad_norm").asDouble());
+        }
+        return out;
+    }
+
+    /** Copies of run {@code from} that hold only its step-10 checkpoint, to be resumed as {@code to}. */
+    static void copyStep10(String from, String to) throws Exception {
+        PipelineParallelTest.copyTree(tmp.resolve("runs").resolve(from), tmp.resolve("runs").resolve(to));
+        PipelineParallelTest.deleteTree(tmp.resolve("runs").resolve(to).resolve("checkpoints/step-000020"));
+    }
+
+    /**
+     * dp 2 × tp 2 with ZeRO-2 (the gradients and optimizer state of each tp shard reduce-scattered over its dp pair; the
+     * clipping norm summed over dp, then its sharded part over tp): the losses; each rank keeps its shard's whole
+     * parameters and its dp half of the gradients and optimizer state; the step-20 checkpoint, gathered over dp then
+     * tp, is the single process's; the step-10 one resumes in one process with the single-process losses.
+     */
+    @Test
+    void dp2ByTp2WithZero2MatchesOneProcessAndResumesInOne() throws Exception {
+        var r = sameLosses(4, "dp2tp2_zero2", single, config("dp2tp2_zero2", "parallel.tp=2", "parallel.zero_stage=2",
+                "train.checkpoint_interval=10").toArray(String[]::new));
+        assertTrue(r.output().contains("kiln: data parallel over 2 ranks, ZeRO stage 2"), r.output());
+        replicatedAgree(r, "dp2tp2_zero2", 4);
+        assertTrue(sameGradNorms("dp2tp2_zero2") > 0, "some step clips, so the clipping is checked, not only the norm");
+        long p = 4 * parametersPerRank(2);
+        long[][] m = new long[4][];
+        for (int rank = 0; rank < 4; rank++) {
+            m[rank] = memory(r, "dp2tp2_zero2", rank);
+            assertEquals(p, m[rank][0], "rank " + rank + ": ZeRO-2 keeps the shard's parameters");
+        }
+        for (int tpRank = 0; tpRank < 2; tpRank++) { // world ranks tpRank and tpRank + 2 hold the same shard
+            assertEquals(p, m[tpRank][1] + m[tpRank + 2][1], "shard " + tpRank + "'s gradients split over dp");
+            assertEquals(2 * p, m[tpRank][2] + m[tpRank + 2][2], "shard " + tpRank + "'s optimizer state split over dp");
+            for (int rank : new int[]{tpRank, tpRank + 2}) assertTrue(m[rank][1] > 0 && m[rank][1] < p, "rank " + rank + " holds a part of the gradients");
+        }
+        System.out.println("dp2×tp2 ZeRO-2: per-rank {param, grad, optimizer} bytes " + Arrays.deepToString(m));
+        PipelineParallelTest.sameCheckpoint(tmp.resolve("runs/dp2tp2_zero2"), singleRun, "dp2tp2_zero2", "model.safetensors", 1e-3);
+        PipelineParallelTest.sameCheckpoint(tmp.resolve("runs/dp2tp2_zero2"), singleRun, "dp2tp2_zero2", "optimizer.safetensors", 1e-3);
+
+        copyStep10("dp2tp2_zero2", "dp2tp2_zero2_to_1");
+        List<Double> rest = new Trainer(ConfigLoader.load(null, config("dp2tp2_zero2_to_1")), true, new PrintStream(new ByteArrayOutputStream()), false)
+                .run().losses();
+        double diff = DataParallelTest.maxRelDiff(rest, single.subList(10, 20));
+        System.out.printf("dp2×tp2 ZeRO-2 for 10 steps, resumed in one process for 10 more: max relative loss difference %.3e%n", diff);
+        assertTrue(diff < TOLERANCE, rest + " vs " + single.subList(10, 20));
+    }
+
+    /**
+     * dp 2 × tp 2 with ZeRO-3 (each tp shard's parameters too split over its dp pair and gathered per block just in
+     * time, with an evaluation at step 10 and a final sample: forwards without grad gather too): the losses; each
+     * rank's params + grads + optimizer state, by the memory account, is ≈ 1/4 of the single process's (within 10%:
+     * the replicated parameters, 5% of this model, are not split by tp, and ZeRO owns whole parameters) and the two
+     * dp ranks of a shard hold its whole state exactly once; the step-20 checkpoint is the single process's; the
+     * step-10 one resumes at dp 2 × tp 2 ZeRO-3 with the single-process losses.
+     */
+    @Test
+    void dp2ByTp2WithZero3MatchesOneProcessAndResumes() throws Exception {
+        var r = sameLosses(4, "dp2tp2_zero3", single, config("dp2tp2_zero3", "parallel.tp=2", "parallel.zero_stage=3",
+                "train.checkpoint_interval=10", "train.eval_interval=10", "train.eval_iters=2", "train.sample_tokens=5").toArray(String[]::new));
+        assertTrue(r.output().contains("kiln: data parallel over 2 ranks, ZeRO stage 3"), r.output());
+        assertTrue(r.output().contains("step 10: val loss"), r.output());
+        assertTrue(r.output().contains("---- sample ----"), r.output());
+        replicatedAgree(r, "dp2tp2_zero3", 4);
+        sameGradNorms("dp2tp2_zero3");
+        long whole = singleRun.memory().trainingStateBytes(), shard = 16 * parametersPerRank(2); // param, grad, AdamW's 2 moments
+        long[][] m = new long[4][];
+        StringBuilder shares = new StringBuilder();
+        for (int rank = 0; rank < 4; rank++) {
+            m[rank] = memory(r, "dp2tp2_zero3", rank);
+            double share = (double) (m[rank][0] + m[rank][1] + m[rank][2]) / whole;
+            shares.append(String.format(" %.4f", share));
+            assertTrue(Math.abs(share * 4 - 1) < 0.1, "rank " + rank + " holds " + share + " of the unsharded training state");
+        }
+        for (int tpRank = 0; tpRank < 2; tpRank++)
+            assertEquals(shard, m[tpRank][0] + m[tpRank][1] + m[tpRank][2] + m[tpRank + 2][0] + m[tpRank + 2][1] + m[tpRank + 2][2],
+                    "shard " + tpRank + "'s params + grads + optimizer state held once over its dp pair");
+        System.out.println("dp2×tp2 ZeRO-3: per-rank {param, grad, optimizer} bytes " + Arrays.deepToString(m) + "; share of the unsharded "
+                + whole + " B:" + shares);
+        PipelineParallelTest.sameCheckpoint(tmp.resolve("runs/dp2tp2_zero3"), singleRun, "dp2tp2_zero3", "model.safetensors", 1e-3);
+        PipelineParallelTest.sameCheckpoint(tmp.resolve("runs/dp2tp2_zero3"), singleRun, "dp2tp2_zero3", "optimizer.safetensors", 1e-3);
+
+        copyStep10("dp2tp2_zero3", "dp2tp2_zero3_resume");
+        List<String> args = new ArrayList<>(config("dp2tp2_zero3_resume", "parallel.tp=2", "parallel.zero_stage=3", "train.checkpoint_interval=10"));
+        args.add("--resume");
+        var again = sameLosses(4, "dp2tp2_zero3_resume", single.subList(10, 20), args.toArray(String[]::new));
+        assertTrue(again.output().contains("resumed from"), again.output());
+        replicatedAgree(again, "dp2tp2_zero3_resume", 4);
     }
 }

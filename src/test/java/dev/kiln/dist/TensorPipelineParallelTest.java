@@ -20,7 +20,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * Tensor parallelism inside pipeline stages under mpirun gives the losses of single-process training on the same
  * global batch: the run of {@link DataParallelTest} (20 steps, batch 12, GPT of 2 blocks, 2 heads, C 32) at tp 2 ×
- * pp 2 with 1F1B on 4 ranks, and dp 2 × tp 2 × pp 2 with ZeRO-1 on 8 (--oversubscribe). Tolerance 1e-4 relative, as for the other modes: shards and micro-batches sum in
+ * pp 2 with 1F1B and with GPipe on 4 ranks, and dp 2 × tp 2 × pp 2 with ZeRO-2 on 8 (--oversubscribe). Tolerance 1e-4 relative, as for the other modes: shards and micro-batches sum in
  * another order than one process (fp32 rounding amplified over 20 AdamW steps); a lost wte sum, a misrouted
  * activation or a norm counted twice moves the losses at the 1e-2 level. The tp 2 × pp 2 step-20 checkpoint is the
  * single process's (names, shapes, values), and its step-10 checkpoint resumes in one process and at tp 2 × pp 2.
@@ -120,10 +120,33 @@ class TensorPipelineParallelTest {
         }
     }
 
-    /** dp 2 × tp 2 × pp 2 with ZeRO-1 on 8 ranks (measured: 24 s for the mpirun job at a load average of 8). */
+    /**
+     * tp 2 × pp 2 with the GPipe schedule over 4 micro-batches (all forwards, then all backwards): the same losses, equal
+     * replicated parameters within each stage, and the step-20 checkpoint, consolidated over tp and pp, is the single
+     * process's.
+     */
     @Test
-    void dp2TimesTp2TimesPp2WithZero1() throws Exception {
-        var r = sameLosses(8, "dp2tp2pp2", "parallel.tp=2", "parallel.pp=2", "parallel.zero_stage=1", "train.checkpoint_interval=20");
+    void tp2TimesPp2GPipe() throws Exception {
+        var r = sameLosses(4, "tp2pp2_gpipe", "parallel.tp=2", "parallel.pp=2", "parallel.pp_schedule=gpipe", "parallel.micro_batches=4",
+                "train.checkpoint_interval=20");
+        assertTrue(r.output().contains("gpipe schedule, 4 micro-batches"), r.output());
+        replicatedAgreeWithinStages(r, "tp2pp2_gpipe", 4);
+        sameCheckpoint("tp2pp2_gpipe", "model.safetensors");
+        sameCheckpoint("tp2pp2_gpipe", "optimizer.safetensors");
+    }
+
+    /**
+     * dp 2 × tp 2 × pp 2 with ZeRO-2 on 8 ranks (measured: 50 s for the mpirun job at a load average of 8.6): each stage
+     * shard's gradients reduce-scattered over its dp pair after the flush, the clipping norm summed over dp, then its
+     * sharded part over tp, then over the stages; every step's gradient norm is the single process's. (ZeRO-1's own
+     * path, the bucketed all-reduce, is run under pp by PipelineParallelTest's dp × pp and under tp by
+     * TensorParallelTest's dp × tp.)
+     */
+    @Test
+    void dp2TimesTp2TimesPp2WithZero2() throws Exception {
+        var r = sameLosses(8, "dp2tp2pp2", "parallel.tp=2", "parallel.pp=2", "parallel.zero_stage=2", "train.checkpoint_interval=20");
+        assertTrue(r.output().contains("ZeRO stage 2"), r.output());
+        TensorParallelTest.sameGradNorms(tmp.resolve("runs/dp2tp2pp2"), single.runDir(), "dp2tp2pp2");
         replicatedAgreeWithinStages(r, "dp2tp2pp2", 8);
         sameCheckpoint("dp2tp2pp2", "model.safetensors");
         sameCheckpoint("dp2tp2pp2", "optimizer.safetensors");

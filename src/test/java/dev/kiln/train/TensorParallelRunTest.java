@@ -34,6 +34,8 @@ class TensorParallelRunTest {
     void supportedSettingsPass() {
         check(null);
         check(null, "parallel.zero_stage=1", "train.label_smoothing=0.1", "train.z_loss=1e-4", "optim.optimizer=lion", "model.dropout=0.1");
+        check(null, "parallel.zero_stage=2");
+        check(null, "parallel.zero_stage=3");
     }
 
     @Test
@@ -41,7 +43,6 @@ class TensorParallelRunTest {
         check("model.arch llama", "model.arch=llama", "model.bias=false");
         check("lora", "lora.rank=4");
         check("train.recompute", "train.recompute=full");
-        check("parallel.zero_stage 2", "parallel.zero_stage=2");
         check("optim.optimizer lamb", "optim.optimizer=lamb");
         check("train.precision bf16", "train.precision=bf16");
         check("averaging", "averaging.ema_decay=0.99");
