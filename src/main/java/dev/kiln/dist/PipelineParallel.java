@@ -204,6 +204,8 @@ public final class PipelineParallel {
         double seedScale = mp == null ? 1.0 / m : mp.lossScale() / m;
         double lossSum = 0;
         boolean overflow = false;
+        int perBatch = m / batches.size();
+        boolean roundPartialSums = mp != null && DataParallel.active() == null && batches.size() > 1;
         if (mp != null) mp.beginStep();
         try {
             try (var scope = MemoryScope.open()) {
@@ -216,6 +218,9 @@ public final class PipelineParallel {
                     } else {
                         backward(inFlight[i], i);
                         inFlight[i] = null;
+                        // accumulation under mixed precision: a batch's last backward (they run in order) ends a micro-step,
+                        // whose running sum the single process holds rounded to half precision (see GradAccumulation)
+                        if (roundPartialSums && (i + 1) % perBatch == 0 && i + 1 < m) mp.roundGradients();
                     }
                 }
                 finishSends();

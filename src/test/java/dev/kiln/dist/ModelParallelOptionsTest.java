@@ -106,9 +106,14 @@ class ModelParallelOptionsTest {
         assertTrue(want.stream().filter(x -> x.endsWith("overflow")).count() >= 3, "the injected overflows skipped steps: " + want);
     }
 
-    static void sameCheckpoint(String name, Trainer.Result want) {
+    /**
+     * The final checkpoint is the single process's (names, shapes, values) within {@code tol} of each tensor's largest
+     * magnitude: 1e-3 as the fp32 pipeline tests allow; under bf16 2^-8, one bf16 step, since a gradient element
+     * whose fp32 value differs in the last bits can round to the neighbouring bf16 value and AdamW's moments keep it.
+     */
+    static void sameCheckpoint(String name, Trainer.Result want, double tol) {
         for (String file : List.of("model.safetensors", "optimizer.safetensors"))
-            PipelineParallelTest.sameCheckpoint(tmp.resolve("runs").resolve(name), want, name, file, 1e-3);
+            PipelineParallelTest.sameCheckpoint(tmp.resolve("runs").resolve(name), want, name, file, tol);
     }
 
     @Test
@@ -117,7 +122,7 @@ class ModelParallelOptionsTest {
         var r = sameLosses(2, "tp2_fp16", s, concat(OVERFLOWS, "parallel.tp=2"));
         assertTrue(r.output().contains("kiln: tensor parallel over 2 ranks"), r.output());
         sameScales("tp2_fp16", "tp2_fp16_single");
-        sameCheckpoint("tp2_fp16", s); // whole model and AdamW state, and grad_scaler.scale / growth_tracker
+        sameCheckpoint("tp2_fp16", s, 1e-3); // whole model and AdamW state, and grad_scaler.scale / growth_tracker
     }
 
     @Test
@@ -126,7 +131,7 @@ class ModelParallelOptionsTest {
         Trainer.Result s = single("tp2pp2_bf16_single", extra);
         var r = sameLosses(4, "tp2pp2_bf16", s, concat(extra, "parallel.tp=2", "parallel.pp=2", "parallel.pp_schedule=1f1b"));
         assertTrue(r.output().contains("kiln: pipeline parallel over") && r.output().contains("kiln: tensor parallel over"), r.output());
-        sameCheckpoint("tp2pp2_bf16", s);
+        sameCheckpoint("tp2pp2_bf16", s, 0x1p-8);
     }
 
     @Test
@@ -142,7 +147,11 @@ class ModelParallelOptionsTest {
         var r = sameLosses(2, "pp2_accum_fp16", s, concat(extra, "parallel.pp=2", "parallel.pp_schedule=1f1b", "parallel.micro_batches=2"));
         assertTrue(r.output().contains("kiln: pipeline parallel over 2 stages"), r.output());
         sameScales("pp2_accum_fp16", "pp2_accum_fp16_single");
-        sameCheckpoint("pp2_accum_fp16", s);
+        // the tied wte's two halves (stage 0's, the last stage's) meet only after the flush, so its running sum over
+        // the 2 micro-steps is rounded to fp16 otherwise than the single process's round(e1 + h1) (every other
+        // gradient is rounded as the single process's: measured 4.2e-3 in wte, below 1e-3 elsewhere); AdamW turns
+        // such differences in near-zero gradients into lr-sized steps: 1e-2, still far below a lost update or state
+        sameCheckpoint("pp2_accum_fp16", s, 1e-2);
     }
 
     /**
