@@ -34,6 +34,8 @@ class TensorParallelRunTest {
     void supportedSettingsPass() {
         check(null);
         check(null, "parallel.zero_stage=1", "train.label_smoothing=0.1", "train.z_loss=1e-4", "optim.optimizer=lion", "model.dropout=0.1");
+        check(null, "train.precision=fp16", "train.grad_accum_steps=2");
+        check(null, "train.precision=bf16");
     }
 
     @Test
@@ -43,9 +45,7 @@ class TensorParallelRunTest {
         check("train.recompute", "train.recompute=full");
         check("parallel.zero_stage 2", "parallel.zero_stage=2");
         check("optim.optimizer lamb", "optim.optimizer=lamb");
-        check("train.precision bf16", "train.precision=bf16");
         check("averaging", "averaging.ema_decay=0.99");
-        check("train.grad_accum_steps", "train.grad_accum_steps=2");
         check("train.layer_drop", "train.layer_drop=0.1");
     }
 }
