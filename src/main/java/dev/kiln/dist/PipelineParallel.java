@@ -35,8 +35,8 @@ import java.util.function.Function;
  * (GPipe or 1F1B): each forward records its own autograd graph ({@link Tape#take}) and sends its output (B/m, T, C)
  * to the next stage; each backward runs a graph from the gradient the next stage sent back and sends its input's
  * gradient to the previous stage. Sends are asynchronous (so two neighbours sending to each other never wait on
- * each other), receives blocking. The last stage backpropagates loss_i / m (/ k·m over k accumulated batches), so the accumulated gradient is that of
- * the whole batch's mean loss, as in a single process. After the flush: data-parallel averaging of the stage's
+ * each other), receives blocking. The last stage backpropagates loss_i / m (k·m under gradient accumulation), so
+ * the accumulated gradient is that of the whole batch's mean loss, as in a single process. After the flush: data-parallel averaging of the stage's
  * gradients (when dp > 1), the wte sum, the clipping norm summed over the stages (wte counted once), loss and norm
  * made known on every rank, clip, update.
  *
@@ -191,7 +191,9 @@ public final class PipelineParallel {
      * for the schedule, the last stage seeds with the loss scale, and after the flush (data-parallel reduction and the
      * wte sum, so each gradient is rounded once it is whole, as a single process rounds it) the masters come back and
      * the gradients are rounded, unscaled and checked; the overflow vote is over the world (the optimizer's
-     * {@link MixedPrecisionOptimizer#agreeOnOverflow}), so one stage's inf skips the step on every rank.
+     * {@link MixedPrecisionOptimizer#agreeOnOverflow}), so one stage's inf skips the step on every rank. Accumulating
+     * without dp, the running sum is also rounded after each batch's last backward, as the single process rounds it
+     * after each micro-step (the tied wte's halves are rounded apart there: they meet only after the flush).
      */
     public StepResult step(Optimizer opt, List<Batch> batches, double lr, double gradClip, double labelSmoothing, double zLoss) {
         List<Batch> parts = new ArrayList<>();

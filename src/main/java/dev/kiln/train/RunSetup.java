@@ -3,7 +3,9 @@ package dev.kiln.train;
 import dev.kiln.KilnException;
 import dev.kiln.dist.DataParallel;
 import dev.kiln.dist.PipelineParallel;
+import dev.kiln.dist.ProcessGroup;
 import dev.kiln.dist.StageOptimizer;
+import dev.kiln.dist.TensorParallel;
 import dev.kiln.dist.ShardedOptimizer;
 import dev.kiln.nn.Parameter;
 import dev.kiln.hf.HfDirectory;
@@ -82,8 +84,8 @@ public final class RunSetup {
         };
         DataParallel dp = DataParallel.active(); // ZeRO-2: each rank holds only its own gradients, so the ranks vote on overflow
         // tensor / pipeline parallel: a rank sees only its shard's or stage's gradients, so the whole world votes
-        if (out instanceof MixedPrecisionOptimizer mp && (pipe != null || dev.kiln.dist.TensorParallel.active() != null))
-            mp.agreeOnOverflow(dev.kiln.dist.ProcessGroup.world()::anyRank);
+        if (out instanceof MixedPrecisionOptimizer mp && (pipe != null || TensorParallel.active() != null))
+            mp.agreeOnOverflow(ProcessGroup.world()::anyRank);
         else if (out instanceof MixedPrecisionOptimizer mp && dp != null && dp.zeroStage() >= 2) mp.agreeOnOverflow(dp::anyRank);
         return out;
     }
