@@ -9,11 +9,23 @@ import java.util.Map;
  * The loss scaler's entries ("grad_scaler.scale", "grad_scaler.growth_tracker") of a {@link MixedPrecisionOptimizer}'s
  * state, carried past the whole-model optimizer into which tensor- and pipeline-parallel checkpoints gather the
  * shards' and stages' state: that optimizer is a plain fp32 one (no masters, no scaler), so {@link #around} adds the
- * entries to what it saves and takes them out of what it loads. The checkpoint is then the single process's.
+ * entries to what it saves and takes them out of what it loads. The checkpoint is then the single process's. The
+ * values are held as numbers, not tensors: a loaded state's tensors live only as long as the load's scope.
  */
 public final class ScalerEntries {
     private static final String PREFIX = "grad_scaler.";
-    private final Map<String, Tensor> entries = new LinkedHashMap<>();
+
+    private record Entry(double[] values, int[] shape) {
+        static Entry of(Tensor t) {
+            return new Entry(t.toDoubleArray(), t.shape().clone());
+        }
+
+        Tensor tensor() {
+            return Tensor.ofDoubles(values, shape);
+        }
+    }
+
+    private final Map<String, Entry> entries = new LinkedHashMap<>();
 
     /** No entries yet: {@link #around}'s loadStateDict fills them. */
     public ScalerEntries() {}
@@ -23,7 +35,7 @@ public final class ScalerEntries {
         ScalerEntries out = new ScalerEntries();
         if (opt instanceof MixedPrecisionOptimizer)
             opt.stateDict().forEach((k, v) -> {
-                if (isScalerKey(k)) out.entries.put(k, v);
+                if (isScalerKey(k)) out.entries.put(k, Entry.of(v));
             });
         return out;
     }
@@ -33,9 +45,14 @@ public final class ScalerEntries {
         return key.startsWith(PREFIX);
     }
 
-    /** The entries held (those of {@link #of}, or those the last load through {@link #around} took out). */
+    /**
+     * The entries held (those of {@link #of}, or those the last load through {@link #around} took out), as new
+     * tensors in the caller's scope.
+     */
     public Map<String, Tensor> entries() {
-        return entries;
+        Map<String, Tensor> out = new LinkedHashMap<>();
+        entries.forEach((k, e) -> out.put(k, e.tensor()));
+        return out;
     }
 
     /**
@@ -62,7 +79,7 @@ public final class ScalerEntries {
             @Override
             public Map<String, Tensor> stateDict() {
                 Map<String, Tensor> out = new LinkedHashMap<>(whole.stateDict());
-                out.putAll(entries);
+                out.putAll(entries());
                 return out;
             }
 
@@ -70,7 +87,10 @@ public final class ScalerEntries {
             public void loadStateDict(Map<String, Tensor> state, long stepCount) {
                 Map<String, Tensor> rest = new LinkedHashMap<>();
                 entries.clear();
-                state.forEach((k, v) -> (isScalerKey(k) ? entries : rest).put(k, v));
+                state.forEach((k, v) -> {
+                    if (isScalerKey(k)) entries.put(k, Entry.of(v));
+                    else rest.put(k, v);
+                });
                 whole.loadStateDict(rest, stepCount);
             }
         };

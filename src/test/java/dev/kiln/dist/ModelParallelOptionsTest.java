@@ -116,13 +116,34 @@ class ModelParallelOptionsTest {
             PipelineParallelTest.sameCheckpoint(tmp.resolve("runs").resolve(name), want, name, file, tol);
     }
 
+    /**
+     * Also the checkpoints: the step-20 one is the single process's (with the scaler's state), and a copy of the run
+     * holding only the step-10 one resumes at tp 2 with the single process's losses and loss scales of steps 11–20
+     * (the scale was 16384 there after the overflows: a lost scaler state would restart at 65536).
+     */
     @Test
     void tp2Fp16WithOverflows() throws Exception {
-        Trainer.Result s = single("tp2_fp16_single", OVERFLOWS);
-        var r = sameLosses(2, "tp2_fp16", s, concat(OVERFLOWS, "parallel.tp=2"));
+        String[] extra = concat(OVERFLOWS, "train.checkpoint_interval=10");
+        Trainer.Result s = single("tp2_fp16_single", extra);
+        var r = sameLosses(2, "tp2_fp16", s, concat(extra, "parallel.tp=2"));
         assertTrue(r.output().contains("kiln: tensor parallel over 2 ranks"), r.output());
         sameScales("tp2_fp16", "tp2_fp16_single");
         sameCheckpoint("tp2_fp16", s, 1e-3); // whole model and AdamW state, and grad_scaler.scale / growth_tracker
+
+        PipelineParallelTest.copyTree(tmp.resolve("runs/tp2_fp16"), tmp.resolve("runs/tp2_fp16_resumed"));
+        PipelineParallelTest.deleteTree(tmp.resolve("runs/tp2_fp16_resumed/checkpoints/step-000020"));
+        var again = MpiRun.run(2, DistTrainMain.class.getName(), 300,
+                PipelineParallelTest.withResume(config("tp2_fp16_resumed", concat(extra, "parallel.tp=2"))));
+        assertEquals(0, again.exitCode(), again.output());
+        assertTrue(again.output().contains("resumed from"), again.output());
+        String prefix = "LOSSES 0 ";
+        String line = Files.readAllLines(tmp.resolve("runs/tp2_fp16_resumed/result-rank0.txt")).stream()
+                .filter(l -> l.startsWith(prefix)).findFirst().orElseThrow(() -> new AssertionError(again.output()));
+        List<Double> rest = Arrays.stream(line.substring(prefix.length()).trim().split(" ")).map(Double::parseDouble).toList();
+        double diff = DataParallelTest.maxRelDiff(rest, s.losses().subList(10, 20));
+        System.out.printf("tp 2 fp16 resumed at tp 2 from step 10: max relative loss difference %.3g%n", diff);
+        assertTrue(diff < TOLERANCE, rest + " vs " + s.losses().subList(10, 20));
+        sameScales("tp2_fp16_resumed", "tp2_fp16_single");
     }
 
     @Test
