@@ -5,6 +5,8 @@ import dev.kiln.backend.Backend;
 import dev.kiln.data.Batch;
 import dev.kiln.nn.Module;
 import dev.kiln.nn.Parameter;
+import dev.kiln.optim.MixedPrecisionOptimizer;
+import dev.kiln.optim.ScalerEntries;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Tensor;
 
@@ -409,6 +411,10 @@ public final class DataParallel {
      * ranks return {@code otherwise}. (They cannot read it before it exists: the next collective waits for rank 0.)
      */
     public <T> T saveFromLead(dev.kiln.optim.Optimizer opt, java.util.function.Function<dev.kiln.optim.Optimizer, T> save, T otherwise) {
+        if (opt instanceof MixedPrecisionOptimizer mp) { // the wrapped (sharded) state is gathered; fp16's scaler entries go alongside
+            ScalerEntries scaler = ScalerEntries.of(mp);
+            return saveFromLead(mp.inner(), o -> save.apply(scaler.around(o)), otherwise);
+        }
         if (sharding != null) { // ZeRO-3: the whole model on every rank while rank 0 writes it, then the shards again
             sharding.gatherAll();
             try {

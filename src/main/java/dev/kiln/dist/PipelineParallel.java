@@ -7,7 +7,9 @@ import dev.kiln.nn.Parameter;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.TensorParallelism;
 import dev.kiln.ops.Arith;
+import dev.kiln.optim.MixedPrecisionOptimizer;
 import dev.kiln.optim.Optimizer;
+import dev.kiln.optim.ScalerEntries;
 import dev.kiln.tensor.DType;
 import dev.kiln.tensor.MemoryCategory;
 import dev.kiln.tensor.MemoryScope;
@@ -33,8 +35,8 @@ import java.util.function.Function;
  * (GPipe or 1F1B): each forward records its own autograd graph ({@link Tape#take}) and sends its output (B/m, T, C)
  * to the next stage; each backward runs a graph from the gradient the next stage sent back and sends its input's
  * gradient to the previous stage. Sends are asynchronous (so two neighbours sending to each other never wait on
- * each other), receives blocking. The last stage backpropagates loss_i / m, so the accumulated gradient is that of
- * the whole batch's mean loss, as in a single process. After the flush: data-parallel averaging of the stage's
+ * each other), receives blocking. The last stage backpropagates loss_i / m (k·m under gradient accumulation), so
+ * the accumulated gradient is that of the whole batch's mean loss, as in a single process. After the flush: data-parallel averaging of the stage's
  * gradients (when dp > 1), the wte sum, the clipping norm summed over the stages (wte counted once), loss and norm
  * made known on every rank, clip, update. ZeRO-2 reduce-scatters the accumulated gradients once, after the flush
  * (the wte sum before it), and sums the norm over dp; while the micro-batches accumulate every rank holds its
@@ -68,8 +70,11 @@ public final class PipelineParallel {
     private final List<Work> sends = new ArrayList<>();
     private final List<Tensor> sentGradients = new ArrayList<>();
 
-    /** Loss (the mean over the micro-batches, and under dp over the ranks) and pre-clipping gradient norm of one step. */
-    public record StepResult(double loss, double gradNorm) {}
+    /**
+     * Loss (the mean over the micro-batches, and under dp over the ranks) and pre-clipping gradient norm of one step;
+     * {@code overflow}: an fp16 step skipped by loss scaling (norm +inf), as {@code TrainStep.StepResult}'s.
+     */
+    public record StepResult(double loss, double gradNorm, boolean overflow) {}
 
     /**
      * What one micro-batch left for its backward: its graph, the received input (null on stage 0), the output to seed,
@@ -180,60 +185,95 @@ public final class PipelineParallel {
         return sb.toString();
     }
 
-    /** One optimizer step on this rank's rows {@code batch} through the pipeline; see the class comment. */
-    public StepResult step(Optimizer opt, Batch batch, double lr, double gradClip, double labelSmoothing, double zLoss) {
-        List<Batch> parts = split(batch);
+    /**
+     * One optimizer step on this rank's rows of {@code batches} through the pipeline; see the class comment. Gradient
+     * accumulation (k = {@code batches.size()} > 1) runs the k·m micro-batches of all of them in one schedule, each
+     * seeded with loss / (k·m), so the accumulated gradient is that of the mean loss over the k batches, as a single
+     * process's k accumulation micro-steps give.
+     * <p>Under mixed precision ({@link MixedPrecisionOptimizer}) the stage's parameters are rounded to half precision
+     * for the schedule, the last stage seeds with the loss scale, and after the flush (data-parallel reduction and the
+     * wte sum, so each gradient is rounded once it is whole, as a single process rounds it) the masters come back and
+     * the gradients are rounded, unscaled and checked; the overflow vote is over the world (the optimizer's
+     * {@link MixedPrecisionOptimizer#agreeOnOverflow}), so one stage's inf skips the step on every rank. Accumulating
+     * without dp, the running sum is also rounded after each batch's last backward, as the single process rounds it
+     * after each micro-step (the tied wte's halves are rounded apart there: they meet only after the flush).
+     */
+    public StepResult step(Optimizer opt, List<Batch> batches, double lr, double gradClip, double labelSmoothing, double zLoss) {
+        List<Batch> parts = new ArrayList<>();
+        for (Batch b : batches) parts.addAll(split(b));
         int m = parts.size();
+        if (2 * m >= SAVE_TAG)
+            throw new DistException(m + " pipeline micro-batches per step (train.grad_accum_steps × parallel.micro_batches) are too many (at most " + (SAVE_TAG / 2 - 1) + ")");
         if (Tape.size() != 0) throw new IllegalStateException("pipeline step: the tape already holds " + Tape.size() + " nodes");
+        MixedPrecisionOptimizer mp = opt instanceof MixedPrecisionOptimizer o ? o : null;
+        double seedScale = mp == null ? 1.0 / m : mp.lossScale() / m;
         double lossSum = 0;
-        try (var scope = MemoryScope.open()) {
-            Micro[] inFlight = new Micro[m];
-            for (PipelineSchedule.Action a : PipelineSchedule.of(schedule, stages, stage, m)) {
-                int i = a.micro();
-                if (a.forward()) {
-                    inFlight[i] = forward(parts.get(i), i, labelSmoothing, zLoss, m);
-                    lossSum += inFlight[i].loss();
-                } else {
-                    backward(inFlight[i], i);
-                    inFlight[i] = null;
-                }
-            }
-            finishSends();
-        }
-        DataParallel dp = DataParallel.active();
+        boolean overflow = false;
+        int perBatch = m / batches.size();
+        boolean roundPartialSums = mp != null && DataParallel.active() == null && batches.size() > 1;
         // ZeRO-2: after the reduce-scatter a rank holds only the gradients it owns, and the two ends of the pipeline
         // may own wte on different dp ranks, so its two halves are summed first (the sum and the dp mean commute)
-        boolean zero2 = dp != null && dp.zeroStage() >= 2;
-        if (zero2) sumTiedGradient();
-        if (dp != null) { // this stage's gradients averaged over its data-parallel ranks, once, after the flush
-            dp.beforeBackward();
-            dp.afterBackward();
+        boolean zero2 = DataParallel.active() != null && DataParallel.active().zeroStage() >= 2;
+        if (mp != null) mp.beginStep();
+        try {
+            try (var scope = MemoryScope.open()) {
+                Micro[] inFlight = new Micro[m];
+                for (PipelineSchedule.Action a : PipelineSchedule.of(schedule, stages, stage, m)) {
+                    int i = a.micro();
+                    if (a.forward()) {
+                        inFlight[i] = forward(parts.get(i), i, labelSmoothing, zLoss, seedScale);
+                        lossSum += inFlight[i].loss();
+                    } else {
+                        backward(inFlight[i], i);
+                        inFlight[i] = null;
+                        // accumulation under mixed precision: a batch's last backward (they run in order) ends a micro-step,
+                        // whose running sum the single process holds rounded to half precision (see GradAccumulation)
+                        if (roundPartialSums && (i + 1) % perBatch == 0 && i + 1 < m) mp.roundGradients();
+                    }
+                }
+                finishSends();
+            }
+            DataParallel dp = DataParallel.active();
+            if (zero2) sumTiedGradient();
+            if (dp != null) { // this stage's gradients averaged over its data-parallel ranks, once, after the flush
+                dp.beforeBackward();
+                dp.afterBackward();
+            }
+            if (!zero2) sumTiedGradient();
+        } finally {
+            if (mp != null) overflow = mp.endBackward(); // restores the masters whatever happened; a world vote
         }
-        if (!zero2) sumTiedGradient();
         boolean last = stage == stages - 1;
         double loss = last ? lossSum / m : 0;
+        DataParallel dp = DataParallel.active();
         if (dp != null && last) loss = dp.meanLoss(loss);
         double sq = 0, shardSq = 0;
-        for (Parameter p : mine.values()) {
-            if (p.grad() == null || p == tied && stage != 0) continue; // wte once
-            double s = Backend.of(p).sumOfSquares(p.grad());
-            if (tp != null && tp.isSharded(p)) shardSq += s;
-            else sq += s;
+        if (!overflow) {
+            for (Parameter p : mine.values()) {
+                if (p.grad() == null || p == tied && stage != 0) continue; // wte once
+                double s = Backend.of(p).sumOfSquares(p.grad());
+                if (tp != null && tp.isSharded(p)) shardSq += s;
+                else sq += s;
+            }
+            if (zero2) { // each dp rank has the squares of the gradients it owns: summed over dp (sharded and replicated apart)
+                double[] d = {shardSq, sq};
+                dp.group().allReduceSum(d);
+                shardSq = d[0];
+                sq = d[1];
+            }
+            if (tp != null) sq += tp.sumOverShards(shardSq); // tp × pp: sharded gradients once per shard, replicated once
         }
-        if (zero2) { // each dp rank has the squares of the gradients it owns: summed over dp (sharded and replicated apart)
-            double[] d = {shardSq, sq};
-            dp.group().allReduceSum(d);
-            shardSq = d[0];
-            sq = d[1];
-        }
-        if (tp != null) sq += tp.sumOverShards(shardSq); // tp × pp: sharded gradients once per shard, replicated once
         double[] v = {loss, sq}; // only the last stage knows the loss: the sum hands it to every stage
         group.allReduceSum(v);
         loss = v[0];
+        if (overflow) { // fp16: skipped on every rank alike (the scale has been backed off)
+            model.zeroGrad();
+            return new StepResult(loss, Double.POSITIVE_INFINITY, true);
+        }
         double norm = Math.sqrt(v[1]);
         if (!Double.isFinite(loss)) {
             model.zeroGrad();
-            return new StepResult(loss, Double.NaN);
+            return new StepResult(loss, Double.NaN, false);
         }
         if (gradClip > 0 && Double.isFinite(norm)) { // as GradClip.clip, with the norm of every stage's gradients
             double coef = gradClip / (norm + 1e-6);
@@ -241,7 +281,7 @@ public final class PipelineParallel {
         }
         if (Double.isFinite(norm)) opt.step(lr);
         model.zeroGrad();
-        return new StepResult(loss, norm);
+        return new StepResult(loss, norm, false);
     }
 
     /** The tied wte: embedding gradient (stage 0) + head gradient (last stage), on both; nothing on middle stages. */
@@ -261,7 +301,7 @@ public final class PipelineParallel {
         try (var ng = Tape.noGradScope()) {
             for (int i = 0; i < parts.size(); i++) {
                 try (var scope = MemoryScope.open()) {
-                    sum += forward(parts.get(i), i, 0, 0, 1).loss();
+                    sum += forward(parts.get(i), i, 0, 0, 1.0).loss();
                     finishSends(); // before the scope frees what was sent
                 }
             }
@@ -285,8 +325,8 @@ public final class PipelineParallel {
         return out;
     }
 
-    /** Forward of micro-batch {@code i} through this stage; on the last stage the loss (its backward seed is loss/m). */
-    private Micro forward(Batch part, int i, double labelSmoothing, double zLoss, int m) {
+    /** Forward of micro-batch {@code i} through this stage; on the last stage the loss (its backward seed is loss × seedScale). */
+    private Micro forward(Batch part, int i, double labelSmoothing, double zLoss, double seedScale) {
         int b = part.batchSize(), t = part.blockSize(), c = model.config.n_embd();
         Tensor input = null, x, out = null;
         Work sent = null;
@@ -305,7 +345,7 @@ public final class PipelineParallel {
             if (stage == stages - 1) {
                 Tensor l = model.headLoss(x, Tensor.ofInts(part.targets(), b, t), labelSmoothing, zLoss); // tp: vocab-parallel
                 loss = l.item();
-                out = m == 1 ? l : Arith.mul(l, 1.0 / m);
+                out = seedScale == 1.0 ? l : Arith.mul(l, seedScale);
             } else {
                 sent = send(x, stage + 1, 2 * i);
                 out = x;
@@ -393,6 +433,10 @@ public final class PipelineParallel {
      * shapes, {@link StageOptimizer#whole}), calls {@code save} and frees them again. Other ranks return {@code otherwise}.
      */
     public <T> T saveFromLead(Optimizer opt, Function<Optimizer, T> save, T otherwise) {
+        if (opt instanceof MixedPrecisionOptimizer mp) { // the stage's fp32 state is gathered; fp16's scaler entries go alongside
+            ScalerEntries scaler = ScalerEntries.of(mp);
+            return saveFromLead(mp.inner(), o -> save.apply(scaler.around(o)), otherwise);
+        }
         if (!(opt instanceof StageOptimizer so)) throw new IllegalArgumentException("pipeline checkpoints need the StageOptimizer, got " + opt.getClass().getSimpleName());
         ShardedOptimizer.Consolidated gathered = so.stage() instanceof ShardedOptimizer sh ? sh.consolidated() : null; // null off dp rank 0
         try {
@@ -425,6 +469,7 @@ public final class PipelineParallel {
      * shapes) and calls {@code save}. Ranks other than that lead return {@code otherwise}.
      */
     public <T> T saveFromLeadSharded(Optimizer opt, java.util.function.Supplier<WholeModel> whole, Function<WholeModel, T> save, T otherwise) {
+        if (opt instanceof MixedPrecisionOptimizer mp) return saveFromLeadSharded(mp.inner(), whole, save, otherwise); // the caller adds the scaler's entries
         if (!(opt instanceof StageOptimizer so)) throw new IllegalArgumentException("pipeline checkpoints need the StageOptimizer, got " + opt.getClass().getSimpleName());
         if (tp == null) throw new IllegalStateException("saveFromLeadSharded: the pipeline's stages are not tensor-parallel");
         ShardedOptimizer.Consolidated gathered = so.stage() instanceof ShardedOptimizer sh ? sh.consolidated() : null; // null off dp rank 0

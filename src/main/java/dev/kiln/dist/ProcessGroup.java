@@ -45,6 +45,13 @@ public interface ProcessGroup {
     /** Element-wise maximum across ranks, in fp64. */
     void allReduceMax(double[] values);
 
+    /** Whether {@code local} is true on any rank: one 8-byte all-reduce (max). Collective. */
+    default boolean anyRank(boolean local) {
+        double[] v = {local ? 1 : 0};
+        allReduceMax(v);
+        return v[0] > 0;
+    }
+
     /** The sub-group of the ranks that pass the same {@code color}, ordered by {@code key} (MPI_Comm_split). Collective. */
     ProcessGroup split(int color, int key);
 

@@ -103,6 +103,11 @@ public final class MixedPrecisionOptimizer implements Optimizer {
         }
     }
 
+    /** The wrapped fp32 optimizer (a pipeline stage's checkpoint gathers its state; the scaler's goes alongside, see {@link ScalerEntries}). */
+    public Optimizer inner() {
+        return inner;
+    }
+
     public DType precision() {
         return half;
     }

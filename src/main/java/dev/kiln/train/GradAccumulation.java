@@ -5,7 +5,6 @@ import dev.kiln.data.BatchSampler;
 import dev.kiln.dist.DataParallel;
 import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.Gpt;
-import dev.kiln.optim.GradClip;
 import dev.kiln.optim.MixedPrecisionOptimizer;
 import dev.kiln.optim.Optimizer;
 
@@ -23,6 +22,10 @@ import java.util.List;
  * backward reduces the gradients in buckets ({@link DataParallel#noSync}, PyTorch's no_sync), so a step communicates
  * the same bytes as without accumulation; the earlier micro-batches' losses are reduced with the last one's, so every
  * rank decides together whether the step is skipped.
+ * <p>Under tensor parallelism every micro-batch runs its tp collectives (they are part of forward and backward); only
+ * the data-parallel reduction waits for the last micro-batch, and the clipping norm sums the shards' squares.
+ * Pipeline parallelism does not come here: it runs the k micro-batches' pipeline micro-batches in one schedule
+ * ({@link dev.kiln.dist.PipelineParallel#step}).
  */
 public final class GradAccumulation {
     private GradAccumulation() {}
@@ -61,7 +64,7 @@ public final class GradAccumulation {
         } finally {
             if (dp != null) dp.noSync(false);
         }
-        double norm = dp != null ? dp.clip(model.parameters(), gradClip) : GradClip.clip(model.parameters(), gradClip);
+        double norm = TrainStep.clip(model, gradClip); // tensor parallel: over the shards
         if (Double.isFinite(norm)) opt.step(lr);
         model.zeroGrad();
         return new TrainStep.StepResult(sum / k, norm);
@@ -104,7 +107,7 @@ public final class GradAccumulation {
             model.zeroGrad();
             return new TrainStep.StepResult(sum / k, Double.POSITIVE_INFINITY, true);
         }
-        double norm = dp != null ? dp.clip(model.parameters(), gradClip) : GradClip.clip(model.parameters(), gradClip);
+        double norm = TrainStep.clip(model, gradClip); // tensor parallel: over the shards
         if (Double.isFinite(norm)) mp.step(lr);
         model.zeroGrad();
         return new TrainStep.StepResult(sum / k, norm);

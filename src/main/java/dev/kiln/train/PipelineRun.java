@@ -32,8 +32,6 @@ final class PipelineRun {
         if (!tc.recompute().equals("none")) throw refuse("train.recompute " + tc.recompute());
         if (cfg.model().dropout() > 0)
             throw refuse("model.dropout > 0 (micro-batches cannot reproduce a single process's batch-wide dropout masks; set model.dropout=0)");
-        if (tc.grad_accum_steps() > 1) throw refuse("train.grad_accum_steps > 1 (the pipeline's micro-batches accumulate already: raise train.batch_size)");
-        if (!tc.precision().equals("fp32")) throw refuse("train.precision " + tc.precision());
         if (!tc.offload_params().equals("none") || !tc.offload_optimizer().equals("none")) throw refuse("train.offload_params / train.offload_optimizer");
         if (tc.select_fraction() < 1) throw refuse("train.select_fraction < 1");
         if (cfg.qat().enabled()) throw refuse("qat");

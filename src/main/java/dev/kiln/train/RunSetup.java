@@ -3,7 +3,9 @@ package dev.kiln.train;
 import dev.kiln.KilnException;
 import dev.kiln.dist.DataParallel;
 import dev.kiln.dist.PipelineParallel;
+import dev.kiln.dist.ProcessGroup;
 import dev.kiln.dist.StageOptimizer;
+import dev.kiln.dist.TensorParallel;
 import dev.kiln.dist.ShardedOptimizer;
 import dev.kiln.nn.Parameter;
 import dev.kiln.hf.HfDirectory;
@@ -70,16 +72,21 @@ public final class RunSetup {
     public static Optimizer optimizer(RunConfig cfg, CausalLm model, Offload offload) {
         Optimizer opt = offload == null ? optimizer(cfg.optim(), model) : offload.optimizer(cfg.optim(), (Gpt) model);
         var tc = cfg.train();
+        PipelineParallel pipe = PipelineParallel.active(); // pipeline parallel: masters of this stage's parameters only
+        Map<String, Parameter> local = pipe == null ? model.trainableParameters() : pipe.parameters();
         Optimizer out = switch (tc.precision()) {
             // parameter offload: the offloaded blocks' fp32 masters are the tier's copies (Offload is their PagedMasters)
-            case "fp16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.F16, tc.loss_scale().equals("dynamic")
+            case "fp16" -> new MixedPrecisionOptimizer(opt, local, DType.F16, tc.loss_scale().equals("dynamic")
                     ? GradScaler.dynamic(GradScaler.DEFAULT_INIT_SCALE, tc.loss_scale_window())
                     : GradScaler.fixed(Double.parseDouble(tc.loss_scale().trim())), offload);
-            case "bf16" -> new MixedPrecisionOptimizer(opt, model.trainableParameters(), DType.BF16, null, offload);
+            case "bf16" -> new MixedPrecisionOptimizer(opt, local, DType.BF16, null, offload);
             default -> opt;
         };
         DataParallel dp = DataParallel.active(); // ZeRO-2: each rank holds only its own gradients, so the ranks vote on overflow
-        if (out instanceof MixedPrecisionOptimizer mp && dp != null && dp.zeroStage() >= 2) mp.agreeOnOverflow(dp::anyRank);
+        // tensor / pipeline parallel: a rank sees only its shard's or stage's gradients, so the whole world votes
+        if (out instanceof MixedPrecisionOptimizer mp && (pipe != null || TensorParallel.active() != null))
+            mp.agreeOnOverflow(ProcessGroup.world()::anyRank);
+        else if (out instanceof MixedPrecisionOptimizer mp && dp != null && dp.zeroStage() >= 2) mp.agreeOnOverflow(dp::anyRank);
         return out;
     }
 

@@ -12,6 +12,7 @@ import dev.kiln.nn.models.CausalLm;
 import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.TensorParallelism;
 import dev.kiln.optim.Optimizer;
+import dev.kiln.optim.ScalerEntries;
 import dev.kiln.tensor.DType;
 import dev.kiln.tensor.MemoryScope;
 import dev.kiln.tensor.Tensor;
@@ -84,8 +85,6 @@ final class TensorParallelRun {
         else if (tc.layer_drop() > 0) why = "train.layer_drop is not supported with tensor parallelism";
         else if (!tc.recompute().equals("none")) why = "train.recompute " + tc.recompute() + " is not supported with tensor parallelism";
         else if (tc.select_fraction() < 1) why = "train.select_fraction < 1 is not supported with tensor parallelism";
-        else if (tc.grad_accum_steps() > 1) why = "train.grad_accum_steps > 1 is not supported with tensor parallelism yet; raise train.batch_size instead";
-        else if (!tc.precision().equals("fp32")) why = "train.precision " + tc.precision() + " is not supported with tensor parallelism yet";
         else if (!tc.offload_params().equals("none") || !tc.offload_optimizer().equals("none"))
             why = "train.offload_params / train.offload_optimizer are not supported with tensor parallelism";
         else if (cfg.averaging().ema_decay() > 0 || cfg.averaging().swa_start() > 0 || cfg.averaging().lawa_k() > 0)
@@ -106,16 +105,17 @@ final class TensorParallelRun {
         TensorParallel tp = TensorParallel.active();
         Path dir = store.stepDirectory(state.step());
         PipelineParallel pipe = PipelineParallel.active();
+        ScalerEntries scaler = ScalerEntries.of(opt); // fp16: saved beside the whole model's fp32 optimizer state
         if (pipe != null) // tp × pp: gathered over tp within each stage, then over the stages, on world rank 0
             return pipe.saveFromLeadSharded(opt, () -> {
                 Gpt m = new Gpt(((Gpt) model).config, 0, DType.F32); // its random init is overwritten
                 return new PipelineParallel.WholeModel(m, RunSetup.optimizer(optim, m, m.trainableParameters()));
-            }, w -> store.save(w.model(), w.optimizer(), List.of(), state, config, keep), dir);
+            }, w -> store.save(w.model(), scaler.around(w.optimizer()), List.of(), state, config, keep), dir);
         Function<Optimizer, Path> write = o -> {
             Whole whole = consolidate((Gpt) model, o, tp);
             if (whole == null) return dir;
             try {
-                return store.save(whole.model, whole.opt, List.of(), state, config, keep);
+                return store.save(whole.model, scaler.around(whole.opt), List.of(), state, config, keep);
             } finally {
                 whole.release();
             }
@@ -154,6 +154,7 @@ final class TensorParallelRun {
             Map<String, Tensor> template = lead ? whole.opt.stateDict() : null, state = new LinkedHashMap<>();
             for (var e : opt.stateDict().entrySet()) {
                 String k = e.getKey();
+                if (ScalerEntries.isScalerKey(k)) continue; // not the whole optimizer's: save() adds them
                 TensorParallelism.Split split = splitOfState(k, e.getValue(), splits);
                 Tensor target = lead ? Tensor.zeros(DType.F32, template.get(k).shape()) : null;
                 if (split != null) tp.gatherInto(e.getValue(), split, target);
@@ -186,8 +187,9 @@ final class TensorParallelRun {
             Gpt m = new Gpt(local.config, 0, DType.F32);
             whole = new Whole(m, RunSetup.optimizer(optim, m, m.trainableParameters()));
         }
+        ScalerEntries scaler = new ScalerEntries(); // fp16: the checkpoint's loss-scaler state, handed to opt below
         try (var scope = MemoryScope.open()) {
-            CheckpointStore.TrainerState st = CheckpointStore.load(checkpoint, whole.model, whole.opt, List.of());
+            CheckpointStore.TrainerState st = CheckpointStore.load(checkpoint, whole.model, scaler.around(whole.opt), List.of());
             Map<String, Parameter> wp = whole.model.namedParameters();
             local.namedParameters().forEach((k, p) -> {
                 TensorParallelism.Split s = splits.get(k);
@@ -199,6 +201,7 @@ final class TensorParallelRun {
                 boolean cut = s != null && v.numel() == wp.get(k.substring(k.indexOf('.') + 1)).numel();
                 state.put(k, cut ? s.slice(v, tp.rank(), tp.size()) : v);
             });
+            state.putAll(scaler.entries());
             opt.loadStateDict(state, whole.opt.stepCount());
             return st;
         } finally {

@@ -73,13 +73,22 @@ public final class TrainStep {
             }
         }
         if (!Double.isFinite(loss)) return new StepResult(loss, Double.NaN);
-        DataParallel dp = DataParallel.active();
-        var tp = dev.kiln.dist.TensorParallel.active(); // tensor parallel: sharded gradients' squares summed over the shards
-        double norm = dp != null ? dp.clip(model.parameters(), gradClip) // (dp × tp: over dp, then over the shards)
-                : tp != null ? tp.clip(model.parameters(), gradClip) : GradClip.clip(model.parameters(), gradClip);
+        double norm = clip(model, gradClip);
         if (Double.isFinite(norm)) opt.step(lr);
         model.zeroGrad();
         return new StepResult(loss, norm);
+    }
+
+    /**
+     * Global-norm clipping of {@code model}'s gradients to {@code gradClip} (0: none), returning the pre-clipping norm:
+     * under tensor parallelism the sharded gradients' squares are summed over the shards, at ZeRO-2 over the
+     * data-parallel ranks; otherwise every rank holds the whole gradient.
+     */
+    static double clip(CausalLm model, double gradClip) {
+        DataParallel dp = DataParallel.active();
+        var tp = dev.kiln.dist.TensorParallel.active();
+        return dp != null ? dp.clip(model.parameters(), gradClip) // (dp × tp: over dp, then over the shards)
+                : tp != null ? tp.clip(model.parameters(), gradClip) : GradClip.clip(model.parameters(), gradClip);
     }
 
     /**

@@ -308,7 +308,7 @@ public final class Trainer {
                 if (dp != null) micro = micro.stream().map(dp::slice).toList(); // this rank's rows of each global micro-batch
                 PipelineParallel pipe = PipelineParallel.active(); // pipeline parallel: the stages run this rank's rows in micro-batches
                 TrainStep.StepResult r = pipe == null ? GradAccumulation.step(model, opt, micro, lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss(), tc.select_fraction())
-                        : pipelineStep(pipe, opt, micro.getFirst(), lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss());
+                        : pipelineStep(pipe, opt, micro, lr, oc.grad_clip(), tc.label_smoothing(), tc.z_loss());
                 model.setLayerPlan(null, null);
                 long done = step + 1;
                 if (!r.overflow() && (!Double.isFinite(r.loss()) || !Double.isFinite(r.gradNorm()))) {
@@ -486,9 +486,9 @@ public final class Trainer {
         return new Result(runDir, start, lastDone, losses, finalVal, seconds, tokPerSec, sample, null, endedBy, held);
     }
 
-    private static TrainStep.StepResult pipelineStep(PipelineParallel pipe, Optimizer opt, Batch batch, double lr, double clip, double smoothing, double zLoss) {
-        PipelineParallel.StepResult r = pipe.step(opt, batch, lr, clip, smoothing, zLoss);
-        return new TrainStep.StepResult(r.loss(), r.gradNorm());
+    private static TrainStep.StepResult pipelineStep(PipelineParallel pipe, Optimizer opt, List<Batch> micro, double lr, double clip, double smoothing, double zLoss) {
+        PipelineParallel.StepResult r = pipe.step(opt, micro, lr, clip, smoothing, zLoss); // accumulation: all k batches in one schedule
+        return new TrainStep.StepResult(r.loss(), r.gradNorm(), r.overflow());
     }
 
     /** With a mixture, the input tokens drawn from each member so far, as {@code member_tokens: [..]}. */

@@ -36,6 +36,8 @@ class TensorParallelRunTest {
         check(null, "parallel.zero_stage=1", "train.label_smoothing=0.1", "train.z_loss=1e-4", "optim.optimizer=lion", "model.dropout=0.1");
         check(null, "parallel.zero_stage=2");
         check(null, "parallel.zero_stage=3");
+        check(null, "train.precision=fp16", "train.grad_accum_steps=2");
+        check(null, "train.precision=bf16");
     }
 
     @Test
@@ -44,9 +46,7 @@ class TensorParallelRunTest {
         check("lora", "lora.rank=4");
         check("train.recompute", "train.recompute=full");
         check("optim.optimizer lamb", "optim.optimizer=lamb");
-        check("train.precision bf16", "train.precision=bf16");
         check("averaging", "averaging.ema_decay=0.99");
-        check("train.grad_accum_steps", "train.grad_accum_steps=2");
         check("train.layer_drop", "train.layer_drop=0.1");
     }
 }
