@@ -33,14 +33,14 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * parallel.checkpoint: sharded under tensor and pipeline parallelism (the test GPT of {@link DataParallelTest}: 2
  * blocks, 2 heads, C 32): tp 2 (np 2), tp 2 × pp 2 (np 4), dp 2 × tp 2 with ZeRO-3 (np 4: each dp rank holds only
- * the tp-shard parameters it owns, and writes those, ungathered) and dp 2 × pp 2 with ZeRO-2 (np 4, 3 blocks, so that
- * wte has different dp owners at the two ends of the pipeline), each run twice for 10 steps, sharded and consolidated,
- * checkpoint at step 10. (ZeRO-1 writes the same pieces as ZeRO-2: parameters whole on every dp rank, each written
- * by its owner, which alone holds its optimizer state.) Every rank writes its own blocks, each element once; the
- * sharded checkpoint consolidated is byte for byte the consolidated mode's (model and optimizer, per tensor); it
- * resumes at another layout (tp 2 × pp 2, dp 2 × tp 2 ZeRO-3, dp 2 × pp 2 ZeRO-2 → one process, identical to
- * resuming the consolidated one; tp 2 → pp 2 under mpirun) with the uninterrupted losses; a truncated or missing
- * rank file and a missing block are one-line errors.
+ * the tp-shard parameters it owns, and writes those, ungathered), dp 2 × pp 2 with ZeRO-2 (np 4, 3 blocks, so that
+ * wte has different dp owners at the two ends of the pipeline) and dp 2 × tp 2 × pp 2 with ZeRO-2 (np 8), each run
+ * twice for 10 steps, sharded and consolidated, checkpoint at step 10. (ZeRO-1 writes the same pieces as ZeRO-2:
+ * parameters whole on every dp rank, each written by its owner, which alone holds its optimizer state.) Every rank
+ * writes its own blocks, each element once; the sharded checkpoint consolidated is byte for byte the consolidated
+ * mode's (model and optimizer, per tensor); it resumes at another layout (every layout but tp 2 → one process,
+ * identical to resuming the consolidated one; tp 2 → pp 2 under mpirun) with the uninterrupted losses; a truncated
+ * or missing rank file and a missing block are one-line errors.
  */
 class ParallelShardedCheckpointTest {
     static final double TOLERANCE = 1e-4; // as TensorPipelineParallelTest: other summation orders over 10 AdamW steps
@@ -61,7 +61,8 @@ class ParallelShardedCheckpointTest {
             new Layout("tp2", 2, 0, "parallel.tp=2"),
             new Layout("tp2pp2", 4, 0, "parallel.tp=2", "parallel.pp=2"),
             new Layout("dp2tp2z3", 4, 3, "parallel.tp=2", "parallel.zero_stage=3"),
-            new Layout("dp2pp2z2", 4, 2, "model.n_layer=3", "parallel.pp=2", "parallel.zero_stage=2"));
+            new Layout("dp2pp2z2", 4, 2, "model.n_layer=3", "parallel.pp=2", "parallel.zero_stage=2"),
+            new Layout("dp2tp2pp2z2", 8, 2, "parallel.tp=2", "parallel.pp=2", "parallel.zero_stage=2"));
 
     static List<String> config(String name, String... extra) {
         return DataParallelTest.config(tmp, name, extra);
@@ -137,8 +138,8 @@ class ParallelShardedCheckpointTest {
     }
 
     /**
-     * tp 2 × pp 2, dp 2 × tp 2 ZeRO-3 and dp 2 × pp 2 ZeRO-2 sharded → one process: the losses of resuming the
-     * consolidated checkpoint, bit for bit, and the uninterrupted run's.
+     * Every layout but tp 2 (tp 2 × pp 2, dp 2 × tp 2 ZeRO-3, dp 2 × pp 2 ZeRO-2, dp 2 × tp 2 × pp 2 ZeRO-2) sharded →
+     * one process: the losses of resuming the consolidated checkpoint, bit for bit, and the uninterrupted run's.
      */
     @Test
     void shardedResumesInOneProcess() throws Exception {
