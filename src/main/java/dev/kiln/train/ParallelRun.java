@@ -64,10 +64,6 @@ final class ParallelRun {
         ParallelLayout layout = layout(cfg);
         if (layout.tpSize() > 1 && !TensorParallelRun.active()) // the Trainer shards the model first (TensorParallelRun.shard)
             throw new TrainingException("parallel.tp > 1: the model was not sharded for tensor parallelism");
-        // sharded checkpoints cover every layout with ZeRO 0/1 (RankPieces); ZeRO-2/3 over tp shards are not written sharded yet
-        if (layout.tpSize() > 1 && layout.dpSize() > 1 && pc.zero_stage() > 1 && pc.checkpoint().equals("sharded"))
-            throw new TrainingException("parallel.checkpoint sharded with parallel.tp > 1 is implemented for ZeRO stages 0 and 1; use parallel.checkpoint=consolidated with zero_stage "
-                    + pc.zero_stage());
         if (layout.ppSize() > 1) return PipelineRun.start(cfg, layout, model, out);
         ProcessGroup world = layout.dp();
         int n = world.size();

@@ -32,11 +32,15 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * parallel.checkpoint: sharded under tensor and pipeline parallelism (the test GPT of {@link DataParallelTest}: 2
- * blocks, 2 heads, C 32): tp 2 (np 2), tp 2 × pp 2 (np 4), dp 2 × pp 2 and dp 2 × tp 2 with ZeRO-1 (np 4), each run twice for 10
- * steps, sharded and consolidated, checkpoint at step 10. Every rank writes its own blocks, each element once; the
- * sharded checkpoint consolidated is byte for byte the consolidated mode's (model and optimizer, per tensor); it
- * resumes at another layout (tp 2 × pp 2 → one process, identical to resuming the consolidated one; tp 2 → pp 2
- * under mpirun) with the uninterrupted losses; a truncated or missing rank file and a missing block are one-line errors.
+ * blocks, 2 heads, C 32): tp 2 (np 2), tp 2 × pp 2 (np 4), dp 2 × tp 2 with ZeRO-3 (np 4: each dp rank holds only
+ * the tp-shard parameters it owns, and writes those, ungathered), dp 2 × pp 2 with ZeRO-2 (np 4, 3 blocks, so that
+ * wte has different dp owners at the two ends of the pipeline) and dp 2 × tp 2 × pp 2 with ZeRO-2 (np 8), each run
+ * twice for 10 steps, sharded and consolidated, checkpoint at step 10. (ZeRO-1 writes the same pieces as ZeRO-2:
+ * parameters whole on every dp rank, each written by its owner, which alone holds its optimizer state.) Every rank
+ * writes its own blocks, each element once; the sharded checkpoint consolidated is byte for byte the consolidated
+ * mode's (model and optimizer, per tensor); it resumes at another layout (every layout but tp 2 → one process,
+ * identical to resuming the consolidated one; tp 2 → pp 2 under mpirun) with the uninterrupted losses; a truncated
+ * or missing rank file and a missing block are one-line errors.
  */
 class ParallelShardedCheckpointTest {
     static final double TOLERANCE = 1e-4; // as TensorPipelineParallelTest: other summation orders over 10 AdamW steps
@@ -44,16 +48,21 @@ class ParallelShardedCheckpointTest {
 
     @TempDir
     static Path tmp;
-    static List<Double> single;
+    static List<Double> single, single3; // the uninterrupted losses of the 2-block and of the 3-block model
 
-    /** name → the extra settings of the layout and its world size */
-    record Layout(String name, int np, String... settings) {}
+    /** name → its world size, ZeRO stage and the extra settings of the layout (model.* ones are the model's) */
+    record Layout(String name, int np, int zero, String... settings) {
+        List<String> modelSettings() {
+            return Arrays.stream(settings).filter(x -> x.startsWith("model.")).toList();
+        }
+    }
 
     static final List<Layout> LAYOUTS = List.of(
-            new Layout("tp2", 2, "parallel.tp=2"),
-            new Layout("tp2pp2", 4, "parallel.tp=2", "parallel.pp=2"),
-            new Layout("dp2pp2", 4, "parallel.pp=2", "parallel.zero_stage=1"),
-            new Layout("dp2tp2", 4, "parallel.tp=2", "parallel.zero_stage=1"));
+            new Layout("tp2", 2, 0, "parallel.tp=2"),
+            new Layout("tp2pp2", 4, 0, "parallel.tp=2", "parallel.pp=2"),
+            new Layout("dp2tp2z3", 4, 3, "parallel.tp=2", "parallel.zero_stage=3"),
+            new Layout("dp2pp2z2", 4, 2, "model.n_layer=3", "parallel.pp=2", "parallel.zero_stage=2"),
+            new Layout("dp2tp2pp2z2", 8, 2, "parallel.tp=2", "parallel.pp=2", "parallel.zero_stage=2"));
 
     static List<String> config(String name, String... extra) {
         return DataParallelTest.config(tmp, name, extra);
@@ -70,6 +79,7 @@ class ParallelShardedCheckpointTest {
     @BeforeAll
     static void runs() throws Exception {
         single = new Trainer(ConfigLoader.load(null, config("single")), false, new PrintStream(new ByteArrayOutputStream()), false).run().losses();
+        single3 = new Trainer(ConfigLoader.load(null, config("single3", "model.n_layer=3")), false, new PrintStream(new ByteArrayOutputStream()), false).run().losses();
         for (Layout l : LAYOUTS)
             for (String mode : new String[]{"sharded", "consolidated"}) {
                 List<String> extra = new ArrayList<>(List.of(l.settings()));
@@ -92,7 +102,7 @@ class ParallelShardedCheckpointTest {
             assertEquals(null, CheckpointStore.verify(sharded));
             JsonNode index = JSON.readTree(sharded.resolve(CheckpointStore.STATE_FILE).toFile()).path("shards");
             int tp = l.name().contains("tp2") ? 2 : 1, pp = l.name().contains("pp2") ? 2 : 1;
-            assertEquals(List.of(l.np(), l.np() / tp / pp, tp, pp, l.name().startsWith("dp2") ? 1 : 0),
+            assertEquals(List.of(l.np(), l.np() / tp / pp, tp, pp, l.zero()),
                     List.of(index.path("world_size").asInt(), index.path("dp").asInt(), index.path("tp").asInt(), index.path("pp").asInt(),
                             index.path("zero_stage").asInt()), l.name() + ": the index records the layout");
 
@@ -127,19 +137,27 @@ class ParallelShardedCheckpointTest {
         assertArrayEquals(Files.readAllBytes(tmp.resolve("hf-tp2pp2_consolidated/model.safetensors")), Files.readAllBytes(tmp.resolve("hf-tp2pp2_sharded/model.safetensors")));
     }
 
-    /** tp 2 × pp 2 sharded → one process: the losses of resuming the consolidated checkpoint, bit for bit, and the uninterrupted run's. */
+    /**
+     * Every layout but tp 2 (tp 2 × pp 2, dp 2 × tp 2 ZeRO-3, dp 2 × pp 2 ZeRO-2, dp 2 × tp 2 × pp 2 ZeRO-2) sharded →
+     * one process: the losses of resuming the consolidated checkpoint, bit for bit, and the uninterrupted run's.
+     */
     @Test
-    void tp2pp2ShardedResumesInOneProcess() throws Exception {
-        List<List<Double>> rests = new ArrayList<>();
-        for (String mode : new String[]{"sharded", "consolidated"}) {
-            String copy = "one_from_tp2pp2_" + mode;
-            PipelineParallelTest.copyTree(tmp.resolve("runs/tp2pp2_" + mode), tmp.resolve("runs").resolve(copy));
-            rests.add(new Trainer(ConfigLoader.load(null, config(copy)), true, new PrintStream(new ByteArrayOutputStream()), false).run().losses());
+    void shardedResumesInOneProcess() throws Exception {
+        for (Layout l : LAYOUTS) {
+            if (l.name().equals("tp2")) continue; // resumed at pp 2 under mpirun below
+            List<List<Double>> rests = new ArrayList<>();
+            for (String mode : new String[]{"sharded", "consolidated"}) {
+                String copy = "one_from_" + l.name() + "_" + mode;
+                PipelineParallelTest.copyTree(tmp.resolve("runs").resolve(l.name() + "_" + mode), tmp.resolve("runs").resolve(copy));
+                rests.add(new Trainer(ConfigLoader.load(null, config(copy, l.modelSettings().toArray(String[]::new))), true,
+                        new PrintStream(new ByteArrayOutputStream()), false).run().losses());
+            }
+            assertEquals(rests.get(1), rests.get(0), l.name() + ": resumed from the sharded and from the consolidated checkpoint");
+            List<Double> uninterrupted = (l.modelSettings().isEmpty() ? single : single3).subList(10, 20);
+            double diff = DataParallelTest.maxRelDiff(rests.get(0), uninterrupted);
+            System.out.printf("sharded %s checkpoint at step 10, resumed in one process: max relative loss difference to uninterrupted %.3g%n", l.name(), diff);
+            assertTrue(diff < TOLERANCE, l.name() + ": " + rests.get(0) + " vs " + uninterrupted);
         }
-        assertEquals(rests.get(1), rests.get(0), "resumed from the sharded and from the consolidated checkpoint");
-        double diff = DataParallelTest.maxRelDiff(rests.get(0), single.subList(10, 20));
-        System.out.printf("sharded tp 2 × pp 2 checkpoint at step 10, resumed in one process: max relative loss difference to uninterrupted %.3g%n", diff);
-        assertTrue(diff < TOLERANCE, rests.get(0) + " vs " + single.subList(10, 20));
     }
 
     /** tp 2 sharded → pp 2 on 2 ranks (sharded again): the uninterrupted losses; its step-20 pieces consolidate and verify. */
