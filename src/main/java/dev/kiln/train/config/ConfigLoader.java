@@ -235,6 +235,9 @@ public final class ConfigLoader {
         }
     }
 
+    /** Longest value a --set override may have. */
+    private static final int MAX_OVERRIDE_CHARS = 1 << 16;
+
     private static void applyOverride(ObjectNode tree, String override, Map<String, String> origins) {
         if (override == null) return;
         String source = "--set " + override;
@@ -243,6 +246,10 @@ public final class ConfigLoader {
         String key = override.substring(0, eq).strip();
         String raw = override.substring(eq + 1);
         if (key.isEmpty()) throw new ConfigException(source, null, "missing key before '=', e.g. train.max_iters=100");
+        // no setting needs a long value on the command line, and SnakeYAML takes seconds over megabytes
+        if (raw.length() > MAX_OVERRIDE_CHARS)
+            throw new ConfigException("--set " + key + "=…", key, "value is " + raw.length() + " characters long; --set takes at most "
+                    + MAX_OVERRIDE_CHARS + " (put long values in the config file)");
         String[] parts = key.split("\\.", -1);
         Section schema = ROOT;
         ObjectNode target = tree;

@@ -234,6 +234,9 @@ class ConfigLoaderTest {
     @Test
     void badOverrides() {
         fails(null, List.of("train.max_iters"), "--set train.max_iters", "missing '='");
+        ConfigException tooLong = fails(null, List.of("data.corpus=" + "x".repeat(70_000)), "data.corpus", "70000 characters long", "at most 65536");
+        assertTrue(tooLong.getMessage().length() < 300, tooLong::getMessage); // the value is not echoed
+        assertEquals("x".repeat(65_536), ConfigLoader.load(null, List.of("train.out_dir=" + "x".repeat(65_536))).train().out_dir());
         fails(null, List.of("=3"), "missing key");
         fails(null, List.of("train..x=3"), "train..x", "malformed");
         ConfigException e = fails(null, List.of("train.max_iter=5"), "--set train.max_iter=5", "train.max_iter",
