@@ -276,7 +276,7 @@ public final class CheckpointStore {
         if (fault != null) throw new TrainingException("checkpoint " + checkpoint + " failed verification: " + fault);
         TrainerState state = readState(checkpoint, model);
         try (var scope = MemoryScope.open()) {
-            // a sharded checkpoint is consolidated in memory (every rank reads every piece: a first version)
+            // a sharded checkpoint is consolidated in memory here (eval, a non-GPT model); a GPT run resumes it through ShardedLoad
             ShardedCheckpoint.Whole whole = ShardedCheckpoint.isSharded(checkpoint) ? ShardedCheckpoint.consolidate(checkpoint) : null;
             Path modelFile = checkpoint.resolve(whole != null ? "(sharded) " + MODEL_FILE : MODEL_FILE);
             model.loadHfStateDict(whole != null ? whole.model() : Safetensors.read(modelFile).tensors(), modelFile.toString());
