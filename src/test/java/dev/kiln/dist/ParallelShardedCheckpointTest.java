@@ -38,7 +38,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * twice for 10 steps, sharded and consolidated, checkpoint at step 10. (ZeRO-1 writes the same pieces as ZeRO-2:
  * parameters whole on every dp rank, each written by its owner, which alone holds its optimizer state.) Every rank
  * writes its own blocks, each element once; the sharded checkpoint consolidated is byte for byte the consolidated
- * mode's (model and optimizer, per tensor); it resumes at another layout (every layout but tp 2 → one process,
+ * mode's (model and optimizer, per tensor); it resumes at another layout (every layout → one process,
  * identical to resuming the consolidated one; tp 2 → pp 2 under mpirun) with the uninterrupted losses; a truncated
  * or missing rank file and a missing block are one-line errors. Resuming reshards on load ({@link dev.kiln.train.ShardedLoad}):
  * tp 2 × pp 2 → dp 2 ZeRO-3 and dp 2 × tp 2 ZeRO-3 → tp 2 under mpirun, each rank reading exactly its share.
