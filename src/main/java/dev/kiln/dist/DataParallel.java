@@ -434,6 +434,14 @@ public final class DataParallel {
         if (sharding != null) sharding.gatherAll();
     }
 
+    /**
+     * ZeRO-3: frees the parameters this rank does not own (no communication), e.g. before a resharding load fills
+     * only the owned ones; each unit is gathered from its owners when it next runs. No-op below stage 3.
+     */
+    public void evictUnownedParameters() {
+        if (sharding != null) sharding.evictAll();
+    }
+
     private <T> T saveSharded(dev.kiln.optim.Optimizer opt, java.util.function.Function<dev.kiln.optim.Optimizer, T> save, T otherwise) {
         if (opt instanceof ShardedOptimizer so) {
             try (ShardedOptimizer.Consolidated all = so.consolidated()) {

@@ -252,6 +252,23 @@ public final class Safetensors {
         }
     }
 
+    /** Where one tensor's bytes lie in its file: absolute positions [begin, end), little-endian, row-major. */
+    public record Span(DType dtype, int[] shape, long begin, long end) {}
+
+    /**
+     * Every tensor of {@code file} with the position of its bytes (file order), after the same validation as
+     * {@link #read}, and the metadata into {@code metadata}: for ranged or memory-mapped reads of part of a file.
+     */
+    public static Map<String, Span> locate(Path file, Map<String, String> metadata) {
+        try (FileChannel ch = open(file)) {
+            Map<String, Span> out = new LinkedHashMap<>();
+            for (Entry e : parseHeader(file, ch, metadata)) out.put(e.name, new Span(e.dtype, e.shape, e.begin, e.end));
+            return out;
+        } catch (IOException e) {
+            throw new KilnException("cannot read checkpoint " + file + ": " + describe(e), e);
+        }
+    }
+
     /** The {@code __metadata__} map of {@code file} (empty when it has none). */
     public static Map<String, String> readMetadata(Path file) {
         try (FileChannel ch = open(file)) {

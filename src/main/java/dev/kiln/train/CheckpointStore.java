@@ -274,6 +274,32 @@ public final class CheckpointStore {
     public static TrainerState load(Path checkpoint, CausalLm model, Optimizer optimizerOrNull, List<WeightAverage> averages) {
         String fault = verify(checkpoint);
         if (fault != null) throw new TrainingException("checkpoint " + checkpoint + " failed verification: " + fault);
+        TrainerState state = readState(checkpoint, model);
+        try (var scope = MemoryScope.open()) {
+            // a sharded checkpoint is consolidated in memory here (eval, a non-GPT model); a GPT run resumes it through ShardedLoad
+            ShardedCheckpoint.Whole whole = ShardedCheckpoint.isSharded(checkpoint) ? ShardedCheckpoint.consolidate(checkpoint) : null;
+            Path modelFile = checkpoint.resolve(whole != null ? "(sharded) " + MODEL_FILE : MODEL_FILE);
+            model.loadHfStateDict(whole != null ? whole.model() : Safetensors.read(modelFile).tensors(), modelFile.toString());
+            if (optimizerOrNull != null) {
+                Path optFile = checkpoint.resolve(whole != null ? "(sharded) " + OPTIMIZER_FILE : OPTIMIZER_FILE);
+                Safetensors.Loaded opt = whole != null ? whole.optimizer() : Safetensors.read(optFile);
+                String saved = opt.metadata().getOrDefault("optimizer", "adamw");
+                if (!saved.equals(optimizerOrNull.name()))
+                    throw new TrainingException(optFile + " holds " + saved + " state but the run's optim.optimizer is " + optimizerOrNull.name()
+                            + "; resume with optim.optimizer=" + saved + " or start a new run");
+                try {
+                    optimizerOrNull.loadStateDict(opt.tensors(), state.optimizerStep());
+                } catch (KilnException e) {
+                    throw new TrainingException(optFile + ": " + e.getMessage(), e);
+                }
+            }
+            if (!averages.isEmpty()) loadAverages(checkpoint, averages);
+        }
+        return state;
+    }
+
+    /** The trainer state of {@code checkpoint}'s trainer.json, checked (no tensor is read); the model must have its depth. */
+    static TrainerState readState(Path checkpoint, CausalLm model) {
         JsonNode st;
         try {
             st = JSON.readTree(checkpoint.resolve(STATE_FILE).toFile());
@@ -298,26 +324,6 @@ public final class CheckpointStore {
         if (state.depth() != model.depth())
             throw new TrainingException(checkpoint.resolve(STATE_FILE) + ": records n_layer " + state.depth() + " but the model has " + model.depth()
                     + " blocks (a grown model is rebuilt at its recorded depth before loading)");
-        try (var scope = MemoryScope.open()) {
-            // a sharded checkpoint is consolidated in memory (every rank reads every piece: a first version)
-            ShardedCheckpoint.Whole whole = ShardedCheckpoint.isSharded(checkpoint) ? ShardedCheckpoint.consolidate(checkpoint) : null;
-            Path modelFile = checkpoint.resolve(whole != null ? "(sharded) " + MODEL_FILE : MODEL_FILE);
-            model.loadHfStateDict(whole != null ? whole.model() : Safetensors.read(modelFile).tensors(), modelFile.toString());
-            if (optimizerOrNull != null) {
-                Path optFile = checkpoint.resolve(whole != null ? "(sharded) " + OPTIMIZER_FILE : OPTIMIZER_FILE);
-                Safetensors.Loaded opt = whole != null ? whole.optimizer() : Safetensors.read(optFile);
-                String saved = opt.metadata().getOrDefault("optimizer", "adamw");
-                if (!saved.equals(optimizerOrNull.name()))
-                    throw new TrainingException(optFile + " holds " + saved + " state but the run's optim.optimizer is " + optimizerOrNull.name()
-                            + "; resume with optim.optimizer=" + saved + " or start a new run");
-                try {
-                    optimizerOrNull.loadStateDict(opt.tensors(), state.optimizerStep());
-                } catch (KilnException e) {
-                    throw new TrainingException(optFile + ": " + e.getMessage(), e);
-                }
-            }
-            if (!averages.isEmpty()) loadAverages(checkpoint, averages);
-        }
         return state;
     }
 

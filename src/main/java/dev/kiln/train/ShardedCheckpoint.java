@@ -37,7 +37,8 @@ import java.util.Map;
  * makes its owner. Rank 0 writes trainer.json last, with the index under "shards" (world size, layout, ZeRO stage,
  * the files, the model's tensor order) and every rank file's checksums, after all ranks reported their file complete;
  * then the directory is renamed into place, so a rank that dies mid-write leaves only a {@code .tmp-} directory.
- * {@link #consolidate} assembles the pieces, checking each tensor is covered exactly once.
+ * {@link #consolidate} assembles the pieces, checking each tensor is covered exactly once (for eval, export and
+ * {@code kiln checkpoint consolidate}; {@code --resume} of a GPT reshards instead, each rank reading its share: {@link ShardedLoad}).
  *
  * <p>Any layout dp × tp × pp of a GPT ({@link RankPieces}: a tensor-parallel shard is written as blocks of rows or
  * columns of the whole tensor, a pipeline stage its own parameters, replicas once); data parallelism alone also for

@@ -15,6 +15,7 @@ import dev.kiln.dist.PipelineParallel;
 import dev.kiln.nn.Qat;
 import dev.kiln.nn.models.Generator;
 import dev.kiln.nn.models.CausalLm;
+import dev.kiln.nn.models.Gpt;
 import dev.kiln.nn.models.GptConfig;
 import dev.kiln.optim.MixedPrecisionOptimizer;
 import dev.kiln.optim.Optimizer;
@@ -215,13 +216,8 @@ public final class Trainer {
 
     private static CheckpointStore.TrainerState restore(Path checkpoint, CausalLm model, Optimizer opt, List<WeightAverage> averages, BatchSampler sampler,
                                                         LayerDrop layerDrop) {
-        DataParallel dp = DataParallel.active();
-        if (dp != null) dp.gatherAllParameters(); // ZeRO-3: the checkpoint is loaded into whole parameters
-        PipelineParallel pipe = PipelineParallel.active(); // pipeline: loaded whole, then cut to this stage again
-        if (pipe != null) pipe.restoreAll();
-        CheckpointStore.TrainerState st = TensorParallelRun.active() ? TensorParallelRun.load(checkpoint, model, opt)
-                : CheckpointStore.load(checkpoint, model, opt, averages);
-        if (pipe != null) pipe.evictOthers();
+        CheckpointStore.TrainerState st = ShardedLoad.applies(checkpoint, model) ? ShardedLoad.load(checkpoint, (Gpt) model, opt, averages) // this rank's share only
+                : loadWhole(checkpoint, model, opt, averages);
         sampler.restore(st.samplerState());
         long[] counts = st.memberTokens();
         int members = sampler.memberTokens().length;
@@ -231,6 +227,18 @@ public final class Trainer {
         sampler.setMemberTokens(counts.length == 0 ? new long[members] : counts);
         model.dropoutRng().setState(st.dropoutRngState());
         if (layerDrop != null) layerDrop.setRngState(st.layerDropRngState());
+        return st;
+    }
+
+    /** A consolidated checkpoint (or a non-GPT model's): loaded whole, then cut to this rank's share. */
+    private static CheckpointStore.TrainerState loadWhole(Path checkpoint, CausalLm model, Optimizer opt, List<WeightAverage> averages) {
+        DataParallel dp = DataParallel.active();
+        if (dp != null) dp.gatherAllParameters(); // ZeRO-3: the checkpoint is loaded into whole parameters
+        PipelineParallel pipe = PipelineParallel.active(); // pipeline: loaded whole, then cut to this stage again
+        if (pipe != null) pipe.restoreAll();
+        CheckpointStore.TrainerState st = TensorParallelRun.active() ? TensorParallelRun.load(checkpoint, model, opt)
+                : CheckpointStore.load(checkpoint, model, opt, averages);
+        if (pipe != null) pipe.evictOthers();
         return st;
     }
 

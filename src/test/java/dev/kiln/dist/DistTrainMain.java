@@ -43,11 +43,14 @@ public final class DistTrainMain {
         TensorParallel tp = TensorParallel.active();
         if (tp != null && DataParallel.active() != null) DataParallel.active().gatherAllParameters(); // ZeRO-3: whole shards (collective)
         String replicated = tp == null ? "" : "REPLICATED " + rank + " " + tp.rank() + " " + replicatedChecksum(tp) + "\n";
+        // a resharding load on resume: bytes copied out of the rank files, bytes of the pieces checked, this rank's share
+        var load = dev.kiln.train.ShardedLoad.lastLoad();
+        String loaded = load == null ? "" : "LOADED " + rank + " " + load.bytesRead() + " " + load.bytesChecked() + " " + load.share() + " " + load.filesRead() + "\n";
         DataParallel dpActive = DataParallel.active();
         String comm = dpActive == null ? "" : "COMM " + rank + " " + dpActive.group().stats() + "\n";
         // the ranks share mpirun's stdout, where lines can interleave mid-line: the test reads these files instead
         try {
-            java.nio.file.Files.writeString(r.runDir().resolve("result-rank" + rank + ".txt"), sb + "\n" + memory + "\n" + replicated + comm);
+            java.nio.file.Files.writeString(r.runDir().resolve("result-rank" + rank + ".txt"), sb + "\n" + memory + "\n" + replicated + comm + loaded);
         } catch (java.io.IOException e) {
             throw new java.io.UncheckedIOException(e);
         }

@@ -38,9 +38,10 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * twice for 10 steps, sharded and consolidated, checkpoint at step 10. (ZeRO-1 writes the same pieces as ZeRO-2:
  * parameters whole on every dp rank, each written by its owner, which alone holds its optimizer state.) Every rank
  * writes its own blocks, each element once; the sharded checkpoint consolidated is byte for byte the consolidated
- * mode's (model and optimizer, per tensor); it resumes at another layout (every layout but tp 2 → one process,
+ * mode's (model and optimizer, per tensor); it resumes at another layout (every layout → one process,
  * identical to resuming the consolidated one; tp 2 → pp 2 under mpirun) with the uninterrupted losses; a truncated
- * or missing rank file and a missing block are one-line errors.
+ * or missing rank file and a missing block are one-line errors. Resuming reshards on load ({@link dev.kiln.train.ShardedLoad}):
+ * tp 2 × pp 2 → dp 2 ZeRO-3 and dp 2 × tp 2 ZeRO-3 → tp 2 under mpirun, each rank reading exactly its share.
  */
 class ParallelShardedCheckpointTest {
     static final double TOLERANCE = 1e-4; // as TensorPipelineParallelTest: other summation orders over 10 AdamW steps
@@ -138,13 +139,13 @@ class ParallelShardedCheckpointTest {
     }
 
     /**
-     * Every layout but tp 2 (tp 2 × pp 2, dp 2 × tp 2 ZeRO-3, dp 2 × pp 2 ZeRO-2, dp 2 × tp 2 × pp 2 ZeRO-2) sharded →
-     * one process: the losses of resuming the consolidated checkpoint, bit for bit, and the uninterrupted run's.
+     * Every layout (tp 2, tp 2 × pp 2, dp 2 × tp 2 ZeRO-3, dp 2 × pp 2 ZeRO-2, dp 2 × tp 2 × pp 2 ZeRO-2) sharded →
+     * one process (the resharding load: the one rank holds everything): the losses of resuming the consolidated
+     * checkpoint, bit for bit, and the uninterrupted run's.
      */
     @Test
     void shardedResumesInOneProcess() throws Exception {
         for (Layout l : LAYOUTS) {
-            if (l.name().equals("tp2")) continue; // resumed at pp 2 under mpirun below
             List<List<Double>> rests = new ArrayList<>();
             for (String mode : new String[]{"sharded", "consolidated"}) {
                 String copy = "one_from_" + l.name() + "_" + mode;
@@ -183,6 +184,61 @@ class ParallelShardedCheckpointTest {
         System.out.printf("sharded pp 2 np 2: stage files hold %,d and %,d tensor bytes%n", b0, b1);
         assertEquals(0, dev.kiln.cli.Main.execute("checkpoint", "consolidate", step20.toString(), "--out", tmp.resolve("pp2c/checkpoints/step-000020").toString()));
         assertEquals(null, CheckpointStore.verify(tmp.resolve("pp2c/checkpoints/step-000020")));
+    }
+
+    /**
+     * Resharding on resume under mpirun, 2 ranks: tp 2 × pp 2 (np 4) → dp 2 ZeRO-3, and dp 2 × tp 2 ZeRO-3 (np 4) → tp 2.
+     * Resuming the sharded checkpoint gives the losses of resuming the consolidated one at the same layout bit for bit
+     * (the same values are loaded and the run is the same) and the uninterrupted losses within TOLERANCE; each rank
+     * copies out of the rank files exactly the bytes it holds (its share), nothing more: under ZeRO-3 the two shares
+     * add up to the checkpoint once, under tp 2 to the tp-split tensors once and the replicated ones (layer norms, wpe,
+     * c_proj biases and their optimizer state) on both ranks.
+     */
+    @Test
+    void shardedResumesAtAnotherLayoutReadingOnlyEachRanksShare() throws Exception {
+        record Case(String from, String to, String setting) {}
+        for (Case c : List.of(new Case("tp2pp2", "dp2z3", "parallel.zero_stage=3"), new Case("dp2tp2z3", "tp2", "parallel.tp=2"))) {
+            Path consolidated = step10(c.from() + "_consolidated");
+            long whole = tensorBytes(consolidated.resolve(CheckpointStore.MODEL_FILE)) + tensorBytes(consolidated.resolve(CheckpointStore.OPTIMIZER_FILE));
+            long replicated = 0; // of the whole checkpoint: tensors every tp rank holds whole
+            for (String f : new String[]{CheckpointStore.MODEL_FILE, CheckpointStore.OPTIMIZER_FILE})
+                for (var e : Safetensors.readHeader(consolidated.resolve(f)).entrySet())
+                    if (e.getKey().contains("ln_") || e.getKey().contains("wpe") || e.getKey().endsWith("c_proj.bias")) replicated += e.getValue().numel() * 4;
+            Map<String, List<List<Double>>> losses = new LinkedHashMap<>();
+            long[] shares = new long[2];
+            for (String mode : new String[]{"sharded", "consolidated"}) {
+                String run = c.to() + "_from_" + c.from() + "_" + mode;
+                PipelineParallelTest.copyTree(tmp.resolve("runs").resolve(c.from() + "_" + mode), tmp.resolve("runs").resolve(run));
+                var r = MpiRun.run(2, DistTrainMain.class.getName(), 400, PipelineParallelTest.withResume(config(run, c.setting())));
+                assertEquals(0, r.exitCode(), r.output());
+                assertTrue(r.output().contains("resumed from"), r.output());
+                for (int rank = 0; rank < 2; rank++) {
+                    List<String> lines = Files.readAllLines(tmp.resolve("runs").resolve(run).resolve("result-rank" + rank + ".txt"));
+                    String prefix = "LOSSES " + rank + " ";
+                    String line = lines.stream().filter(x -> x.startsWith(prefix)).findFirst().orElseThrow(() -> new AssertionError(r.output()));
+                    losses.computeIfAbsent(mode, m -> new ArrayList<>()).add(Arrays.stream(line.substring(prefix.length()).trim().split(" ")).map(Double::parseDouble).toList());
+                    String loadedPrefix = "LOADED " + rank + " ";
+                    var loaded = lines.stream().filter(x -> x.startsWith(loadedPrefix)).findFirst();
+                    if (mode.equals("consolidated")) {
+                        assertTrue(loaded.isEmpty(), "a consolidated checkpoint loads as before");
+                        continue;
+                    }
+                    long[] v = Arrays.stream(loaded.orElseThrow(() -> new AssertionError(String.join("\n", lines))).split(" ")).skip(2).mapToLong(Long::parseLong).toArray();
+                    long read = v[0], checked = v[1], share = v[2];
+                    System.out.printf("sharded %s np 4 → %s np 2, rank %d: copied %,d bytes = its share (%.3f of the %,d checkpoint bytes); checksummed %,d bytes of pieces in %d of 4 rank files%n",
+                            c.from(), c.to(), rank, read, (double) read / whole, whole, checked, v[3]);
+                    assertEquals(share, read, c + " rank " + rank + ": every byte it holds is read once, nothing else");
+                    assertTrue(read < 0.6 * whole + replicated, c + " rank " + rank + ": " + read + " of " + whole);
+                    shares[rank] = share;
+                }
+            }
+            long expected = c.to().equals("tp2") ? whole + replicated : whole;
+            assertEquals(expected, shares[0] + shares[1], c + ": the ranks' shares add up to the checkpoint (the replicated tensors on each tp rank)");
+            assertEquals(losses.get("consolidated"), losses.get("sharded"), c + ": resumed from the sharded and from the consolidated checkpoint");
+            double diff = DataParallelTest.maxRelDiff(losses.get("sharded").get(0), single.subList(10, 20));
+            System.out.printf("sharded %s → %s: max relative loss difference to uninterrupted %.3g%n", c.from(), c.to(), diff);
+            assertTrue(diff < TOLERANCE, c + ": " + losses.get("sharded") + " vs " + single.subList(10, 20));
+        }
     }
 
     @Test
