@@ -427,6 +427,14 @@ public final class DataParallel {
     }
 
     /**
+     * ZeRO-3 under mixed precision: the parameters other ranks own, whose fp32 masters this rank does not keep, and the
+     * switch of the just-in-time all-gathers to half-precision working copies during a step; null below stage 3.
+     */
+    public dev.kiln.optim.PagedMasters pagedMasters() {
+        return sharding;
+    }
+
+    /**
      * ZeRO-3: gathers every parameter on every rank (a collective), e.g. before a checkpoint is loaded into them;
      * the next forward shards them again. No-op below stage 3.
      */

@@ -43,7 +43,8 @@ import java.util.Set;
  * PyTorch's autocast keeps them), so nothing is saved, rounded or restored. fp16 on a device is not implemented.
  *
  * <p>With parameter offload ({@link PagedMasters}) the offloaded parameters' masters are the tier's fp32 copies: no resident
- * master is kept for them, and their half-precision working copies are made as they are paged in during the step.
+ * master is kept for them, and their half-precision working copies are made as they are paged in during the step. Under
+ * ZeRO-3 the same holds for the parameters other ranks own: their working copies arrive by all-gather.
  */
 public final class MixedPrecisionOptimizer implements Optimizer {
     /** How much an injected fault multiplies the loss scale for one step: overflows fp16 for any gradient above ~1e-12·(1/scale). */
@@ -62,7 +63,7 @@ public final class MixedPrecisionOptimizer implements Optimizer {
     private java.util.function.UnaryOperator<Boolean> overflowAnywhere = found -> found;
 
     /**
-     * Data parallelism with sharded gradients (ZeRO-2): each rank checks only the gradients it holds, so the ranks must
+     * Data parallelism with sharded gradients (ZeRO-2/3), tensor or pipeline parallelism: each rank checks only the gradients it holds, so the ranks must
      * agree on skipping; {@code anyRank} turns this rank's finding into "some rank found an inf/NaN" (a collective),
      * so every rank skips the same steps and keeps the same loss scale.
      */

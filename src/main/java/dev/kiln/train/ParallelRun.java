@@ -74,8 +74,6 @@ final class ParallelRun {
             throw new TrainingException("train.select_fraction < 1 cannot be combined with data parallelism (each rank would pick its own hardest rows)");
         if (cfg.growth().on())
             throw new TrainingException("growth.at_step cannot be combined with data parallelism yet (the sharded parameters would change)");
-        if (!cfg.train().precision().equals("fp32") && pc.zero_stage() == 3) // the fp32 masters would need every parameter on every rank
-            throw new TrainingException("train.precision " + cfg.train().precision() + " cannot be combined with parallel.zero_stage 3 yet; use zero_stage 2 or less");
         if (!cfg.train().offload_params().equals("none") || !cfg.train().offload_optimizer().equals("none"))
             throw new TrainingException("train.offload_params / train.offload_optimizer cannot be combined with data parallelism yet");
         var av = cfg.averaging();

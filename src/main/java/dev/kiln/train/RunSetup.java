@@ -24,6 +24,7 @@ import dev.kiln.optim.Lars;
 import dev.kiln.optim.Lion;
 import dev.kiln.optim.MixedPrecisionOptimizer;
 import dev.kiln.optim.Optimizer;
+import dev.kiln.optim.PagedMasters;
 import dev.kiln.optim.ParamGroup;
 import dev.kiln.optim.Sgd;
 import dev.kiln.optim.WeightAverage;
@@ -74,15 +75,18 @@ public final class RunSetup {
         var tc = cfg.train();
         PipelineParallel pipe = PipelineParallel.active(); // pipeline parallel: masters of this stage's parameters only
         Map<String, Parameter> local = pipe == null ? model.trainableParameters() : pipe.parameters();
+        DataParallel dp = DataParallel.active();
+        // parameter offload: the offloaded blocks' fp32 masters are the tier's copies (Offload is their PagedMasters);
+        // ZeRO-3: the parameters other ranks own have their masters there (offload and data parallelism exclude each other)
+        PagedMasters paged = offload != null ? offload : dp != null ? dp.pagedMasters() : null;
         Optimizer out = switch (tc.precision()) {
-            // parameter offload: the offloaded blocks' fp32 masters are the tier's copies (Offload is their PagedMasters)
             case "fp16" -> new MixedPrecisionOptimizer(opt, local, DType.F16, tc.loss_scale().equals("dynamic")
                     ? GradScaler.dynamic(GradScaler.DEFAULT_INIT_SCALE, tc.loss_scale_window())
-                    : GradScaler.fixed(Double.parseDouble(tc.loss_scale().trim())), offload);
-            case "bf16" -> new MixedPrecisionOptimizer(opt, local, DType.BF16, null, offload);
+                    : GradScaler.fixed(Double.parseDouble(tc.loss_scale().trim())), paged);
+            case "bf16" -> new MixedPrecisionOptimizer(opt, local, DType.BF16, null, paged);
             default -> opt;
         };
-        DataParallel dp = DataParallel.active(); // ZeRO-2: each rank holds only its own gradients, so the ranks vote on overflow
+        // ZeRO-2/3: each rank holds only its own gradients, so the ranks vote on overflow
         // tensor / pipeline parallel: a rank sees only its shard's or stage's gradients, so the whole world votes
         if (out instanceof MixedPrecisionOptimizer mp && (pipe != null || TensorParallel.active() != null))
             mp.agreeOnOverflow(ProcessGroup.world()::anyRank);

@@ -15,8 +15,12 @@ public final class DistTrainMain {
     public static void main(String[] args) {
         // (also written to runs/<name>/result-rank<R>.txt)
         boolean resume = Arrays.asList(args).contains("--resume");
-        var cfg = ConfigLoader.load(null, Arrays.stream(args).filter(a -> !a.startsWith("--")).toList());
         int worldRank = Integer.parseInt(System.getenv().getOrDefault("OMPI_COMM_WORLD_RANK", "0"));
+        // --overflow-rank=R: faults.overflow_steps injects on world rank R only (the others drop the setting), as an
+        // overflow that one shard's or one data-parallel slice's gradients hit while the other ranks' stay finite
+        String overflowRank = Arrays.stream(args).filter(a -> a.startsWith("--overflow-rank=")).map(a -> a.substring(16)).findFirst().orElse(null);
+        var cfg = ConfigLoader.load(null, Arrays.stream(args).filter(a -> !a.startsWith("--"))
+                .filter(a -> overflowRank == null || Integer.parseInt(overflowRank) == worldRank || !a.startsWith("faults.overflow_steps=")).toList());
         // --stall=R@S: rank R stops (sleeps) before step S, as a stuck rank would; the others must time out, not hang
         String stall = Arrays.stream(args).filter(a -> a.startsWith("--stall=")).map(a -> a.substring(8)).findFirst().orElse(null);
         System.out.println("PID " + worldRank + " " + ProcessHandle.current().pid());
