@@ -58,6 +58,7 @@ final class ParallelRun {
     static DataParallel start(RunConfig cfg, CausalLm model, PrintStream out) {
         DataParallel.uninstall();
         PipelineParallel.uninstall();
+        if (DeviceDataParallel.applies(cfg)) return DeviceDataParallel.start(cfg, model, out); // a GPU run: DDP over NCCL
         if (!ProcessGroup.launchedByMpirun()) return null;
         ParallelConfig pc = cfg.parallel();
         MpiProcessGroup.setTimeoutSeconds(pc.timeout_s());

@@ -1,0 +1,128 @@
+package dev.kiln.dist;
+
+import dev.kiln.backend.cuda.CudaRuntime;
+import dev.kiln.backend.cuda.FakeGpu;
+import dev.kiln.nn.models.CausalLm;
+import dev.kiln.train.RunSetup;
+import dev.kiln.train.SmallRuns;
+import dev.kiln.train.Trainer;
+import dev.kiln.train.TrainingException;
+import dev.kiln.train.config.ConfigException;
+import dev.kiln.train.config.RunConfig;
+import dev.kiln.train.DevicePlacement;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.api.parallel.Isolated;
+
+import java.nio.file.Path;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Data parallelism over NCCL for a run on a GPU, at world size 1 in one process ({@code parallel.backend: nccl}):
+ * the trainer on the emulated cuda:0 ({@link FakeGpu#installEmulated}: fake driver, kernels emulated on the host, fake
+ * cuBLAS) with {@link FakeNccl} as libnccl. The gradient buckets are packed on the device, all-reduced (ncclAvg) on
+ * the NCCL group's stream and copied back; averaging over one rank changes nothing, so the run must equal the plain
+ * device run bit for bit, and FakeNccl's call log shows one all-reduce per bucket per step.
+ */
+@Isolated
+class NcclDataParallelEmulatedTest {
+    private static final int STEPS = 4;
+    private CudaRuntime rt;
+
+    @BeforeEach
+    void open(@TempDir Path cache) {
+        rt = FakeGpu.installEmulated(cache);
+        FakeNccl.reset();
+        Nccl.useSystem(new Nccl(FakeNccl.lookup(), "fake libnccl"));
+    }
+
+    @AfterEach
+    void close() {
+        DataParallel.uninstall(); // closes the communicator, on the emulated device
+        Nccl.useSystem(null);
+        FakeGpu.uninstallEmulated();
+        assertEquals(List.of(), FakeNccl.errors, "the fake library saw no misuse");
+    }
+
+    private static Trainer.Result run(Path tmp, String name, String... extra) {
+        List<String> o = new java.util.ArrayList<>(List.of("train.device=cuda:0", "train.sample_tokens=0", "train.final_eval_iters=2"));
+        o.addAll(List.of(extra));
+        return SmallRuns.train(tmp, name, STEPS, false, o.toArray(String[]::new));
+    }
+
+    private static List<String> allReduces() {
+        synchronized (FakeNccl.calls) {
+            return FakeNccl.calls.stream().filter(c -> c.startsWith("ncclAllReduce(")).toList();
+        }
+    }
+
+    @Test
+    void worldSizeOneOverNcclEqualsThePlainDeviceRunBitForBit(@TempDir Path tmp) {
+        Trainer.Result plain = run(tmp, "plain");
+        assertTrue(FakeNccl.calls.isEmpty(), "a plain device run makes no NCCL call: " + FakeNccl.calls);
+
+        // bucket_mb tiny: every parameter fills a bucket on its own, so a step makes one all-reduce per parameter
+        Trainer.Result each = run(tmp, "each", "parallel.backend=nccl", "parallel.bucket_mb=1e-9");
+        assertEquals(plain.losses(), each.losses(), "losses, bit for bit");
+        assertEquals(plain.finalValLoss(), each.finalValLoss(), "final evaluation: the same weights");
+        RunConfig cfg = SmallRuns.config(tmp, "model", STEPS, "model.vocab_size=" + vocab(tmp));
+        CausalLm model = RunSetup.buildModel(cfg);
+        var trainable = model.trainableParameters();
+        List<String> calls = allReduces();
+        assertEquals(STEPS * trainable.size(), calls.size(), "one all-reduce per bucket (here per parameter) per step: " + calls.size());
+        long perStep = trainable.values().stream().mapToLong(p -> p.numel()).sum();
+        long reduced = calls.stream().mapToLong(c -> Long.parseLong(c.replaceAll(".*count (\\d+),.*", "$1"))).sum();
+        assertEquals(STEPS * perStep, reduced, "every gradient element reduced once per step");
+        var sizes = trainable.values().stream().map(p -> p.numel()).sorted().toList();
+        var firstStep = calls.subList(0, trainable.size()).stream().map(c -> Long.parseLong(c.replaceAll(".*count (\\d+),.*", "$1"))).sorted().toList();
+        assertEquals(sizes, firstStep, "a bucket per parameter, of its size");
+        String stream = "stream 0x" + Long.toHexString(rt.stream().address()) + ")";
+        for (String c : calls) {
+            assertTrue(c.contains("type 7, op 4,"), "fp32 ncclAvg: " + c);
+            assertFalse(c.endsWith(stream), "on the NCCL group's stream, not the compute stream: " + c);
+        }
+        assertEquals(1, FakeNccl.calls.stream().filter(c -> c.startsWith("ncclCommInitRank(1, ")).count(), FakeNccl.calls.toString());
+
+        // the default 4 MiB holds the whole tiny model: one bucket, one all-reduce of every gradient per step
+        FakeNccl.calls.clear();
+        Trainer.Result one = run(tmp, "one", "parallel.backend=nccl");
+        assertEquals(plain.losses(), one.losses());
+        assertEquals(java.util.Collections.nCopies(STEPS, "count " + perStep), allReduces().stream().map(c -> c.replaceAll(".*(count \\d+),.*", "$1")).toList());
+        assertTrue(FakeNccl.calls.contains("ncclCommDestroy(rank 0)"), "the previous run's communicator was destroyed: " + FakeNccl.calls);
+    }
+
+    @Test
+    void gradientAccumulationReducesOnlyTheLastMicroBatch(@TempDir Path tmp) {
+        Trainer.Result plain = run(tmp, "plain", "train.grad_accum_steps=2");
+        Trainer.Result nccl = run(tmp, "nccl", "train.grad_accum_steps=2", "parallel.backend=nccl");
+        // the gradients are the plain run's bit for bit, so are the weights and their evaluation; the reported loss is
+        // the micro-batches' mean through one more division and multiplication by k: equal to a few ulps
+        assertEquals(plain.finalValLoss(), nccl.finalValLoss());
+        for (int i = 0; i < STEPS; i++) assertEquals(plain.losses().get(i), nccl.losses().get(i), 1e-12 * plain.losses().get(i));
+        assertEquals(STEPS, allReduces().size(), "no_sync: one bucket per step (the last micro-batch's), not one per micro-batch");
+    }
+
+    @Test
+    void whatIsNotBuiltOverNcclIsRefusedInOneLine(@TempDir Path tmp) {
+        for (String[] c : List.of(new String[] {"parallel.zero_stage=1", "parallel.zero_stage 1"}, new String[] {"parallel.checkpoint=sharded", "parallel.checkpoint sharded"})) {
+            RunConfig cfg = SmallRuns.config(tmp, "refused", STEPS, "train.device=cuda:0", "parallel.backend=nccl", c[0]);
+            TrainingException e = assertThrows(TrainingException.class, () -> DevicePlacement.of(cfg));
+            assertTrue(e.getMessage().contains(c[1]) && !e.getMessage().contains("\n"), e.getMessage());
+        }
+        ConfigException cpu = assertThrows(ConfigException.class, () -> SmallRuns.config(tmp, "cpu", STEPS, "parallel.backend=nccl"));
+        assertTrue(cpu.getMessage().contains("parallel.backend") && cpu.getMessage().contains("train.device"), cpu.getMessage());
+        ConfigException bad = assertThrows(ConfigException.class, () -> SmallRuns.config(tmp, "bad", STEPS, "parallel.backend=gloo"));
+        assertTrue(bad.getMessage().contains("auto, mpi or nccl"), bad.getMessage());
+    }
+
+    private static int vocab(Path tmp) {
+        return dev.kiln.train.Workspace.prepareData(SmallRuns.config(tmp, "v", STEPS).data()).tokenizer().vocabSize();
+    }
+}
