@@ -159,6 +159,11 @@ public final class DataParallel {
         return group;
     }
 
+    /** What the NCCL group was handed on a GPU run (its gradients do not go over {@link #group()}), or null. */
+    public CommStats ncclStats() {
+        return transport instanceof NcclBuckets nb ? nb.stats() : null;
+    }
+
     public int zeroStage() {
         return stage;
     }

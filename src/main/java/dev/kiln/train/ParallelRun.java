@@ -114,6 +114,12 @@ final class ParallelRun {
                 if (ts.calls(kind) > 0) sb.append('"').append(kind.name().toLowerCase()).append("\": ").append(ts.bytes(kind)).append(", ");
             sb.append("\"calls\": ").append(java.util.Arrays.stream(k.getEnumConstants()).mapToLong(ts::calls).sum()).append("}, ");
         }
+        var nccl = dp != null ? dp.ncclStats() : null;
+        if (nccl != null) { // a GPU run: the gradients went over NCCL, only host scalars over the group above
+            wire += nccl.wireBytes(n);
+            sb.append("\"nccl\": {\"all_reduce\": ").append(nccl.bytes(dev.kiln.dist.CommStats.Kind.ALL_REDUCE))
+                    .append(", \"calls\": ").append(nccl.calls(dev.kiln.dist.CommStats.Kind.ALL_REDUCE)).append("}, ");
+        }
         sb.append("\"ring_wire_bytes\": ").append(Math.round(wire));
         if (pipe != null) { // collective: every stage adds what it sent point to point
             double[] sent = {st.bytes(dev.kiln.dist.CommStats.Kind.SEND)};

@@ -122,6 +122,34 @@ class NcclDataParallelEmulatedTest {
         assertTrue(bad.getMessage().contains("auto, mpi or nccl"), bad.getMessage());
     }
 
+    /**
+     * mpirun -np 2, each process on its own emulated GPU (cuda:0 and cuda:1 of a 2-GPU fake driver) with FakeNccl
+     * reducing over MPI ({@link NcclDistTrainMain}), against one process's plain device run on the same global batch
+     * (4 rows: 2 per rank), 5 steps, buckets of 0.01 MiB (several per step). Tolerance as the CPU data-parallel tests'
+     * ({@link DataParallelTest#TOLERANCE}): each rank's gradient is the mean over its 2 rows, then the two are
+     * averaged, so the sums run in another order than one process's over 4 rows.
+     */
+    @Test
+    void twoRanksUnderMpirunMatchOneProcessOnTheSameGlobalBatch(@TempDir Path tmp) throws Exception {
+        MpiRun.assumeMpirun();
+        String[] dev = {"train.device=cuda:0", "train.max_iters=5", "train.batch_size=4", "optim.lr_decay_iters=5"};
+        var single = new Trainer(dev.kiln.train.config.ConfigLoader.load(null, DataParallelTest.config(tmp, "single", dev)), false,
+                new java.io.PrintStream(java.io.OutputStream.nullOutputStream()), false).run().losses();
+        MpiRun.Result r = MpiRun.run(2, NcclDistTrainMain.class.getName(), 900, DataParallelTest.config(tmp, "np2", dev).toArray(String[]::new));
+        assertEquals(0, r.exitCode(), r.output());
+        assertTrue(r.output().contains("kiln: data parallel over NCCL (fake libnccl over MPI), 2 rank(s)"), r.output());
+        for (int rank = 0; rank < 2; rank++) {
+            String line = java.nio.file.Files.readAllLines(tmp.resolve("runs/np2/result-rank" + rank + ".txt")).stream()
+                    .filter(l -> l.startsWith("LOSSES ")).findFirst().orElseThrow(() -> new AssertionError(r.output()));
+            List<Double> losses = java.util.Arrays.stream(line.split(" ")).skip(2).map(Double::parseDouble).toList();
+            assertEquals(single.size(), losses.size(), line);
+            double worst = DataParallelTest.maxRelDiff(single, losses);
+            System.out.printf("DDP over (fake) NCCL, mpirun -np 2 on emulated GPUs, rank %d: max relative loss difference to one process over %d steps %.2e (%.1f s)%n",
+                    rank, losses.size(), worst, r.seconds());
+            assertTrue(worst <= DataParallelTest.TOLERANCE, "rank " + rank + ": " + losses + " vs " + single);
+        }
+    }
+
     private static int vocab(Path tmp) {
         return dev.kiln.train.Workspace.prepareData(SmallRuns.config(tmp, "v", STEPS).data()).tokenizer().vocabSize();
     }

@@ -26,6 +26,11 @@ public final class FakeGpu {
         return EmulatedDevice.install(kernelCacheDir);
     }
 
+    /** The emulated cuda:{@code index} of a driver reporting {@code devices} GPUs (a rank's local GPU under mpirun). */
+    public static CudaRuntime installEmulated(Path kernelCacheDir, int index, int devices) {
+        return EmulatedDevice.install(kernelCacheDir, index, devices);
+    }
+
     public static void uninstallEmulated() {
         EmulatedDevice.uninstall();
     }

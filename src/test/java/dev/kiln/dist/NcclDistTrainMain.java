@@ -1,0 +1,21 @@
+package dev.kiln.dist;
+
+import dev.kiln.backend.cuda.FakeGpu;
+
+import java.nio.file.Files;
+
+/**
+ * Run under mpirun by {@link NcclDataParallelEmulatedTest}: each process emulates its local GPU (the fake driver
+ * reports 2, the process opens cuda:{@code OMPI_COMM_WORLD_LOCAL_RANK}) and uses {@link FakeNccl} in over-MPI mode
+ * as libnccl, then trains as {@link DistTrainMain} does (same arguments, same result files).
+ */
+public final class NcclDistTrainMain {
+    public static void main(String[] args) throws Exception {
+        int local = Integer.parseInt(System.getenv().getOrDefault("OMPI_COMM_WORLD_LOCAL_RANK", "0"));
+        FakeGpu.installEmulated(Files.createTempDirectory("kiln-emu-kernels"), local, 2);
+        FakeNccl.reset();
+        FakeNccl.overMpi = ProcessGroup.world();
+        Nccl.useSystem(new Nccl(FakeNccl.lookup(), "fake libnccl over MPI"));
+        DistTrainMain.main(args);
+    }
+}
