@@ -8,6 +8,7 @@ import dev.kiln.train.SmallRuns;
 import dev.kiln.train.Trainer;
 import dev.kiln.train.TrainingException;
 import dev.kiln.train.config.ConfigException;
+import dev.kiln.train.config.ConfigLoader;
 import dev.kiln.train.config.RunConfig;
 import dev.kiln.train.DevicePlacement;
 import org.junit.jupiter.api.AfterEach;
@@ -132,10 +133,10 @@ class NcclDataParallelEmulatedTest {
     @Test
     void twoRanksUnderMpirunMatchOneProcessOnTheSameGlobalBatch(@TempDir Path tmp) throws Exception {
         MpiRun.assumeMpirun();
-        String[] dev = {"train.device=cuda:0", "train.max_iters=5", "train.batch_size=4", "optim.lr_decay_iters=5"};
-        var single = new Trainer(dev.kiln.train.config.ConfigLoader.load(null, DataParallelTest.config(tmp, "single", dev)), false,
+        String[] onDevice = {"train.device=cuda:0", "train.max_iters=5", "train.batch_size=4", "optim.lr_decay_iters=5"};
+        var single = new Trainer(ConfigLoader.load(null, DataParallelTest.config(tmp, "single", onDevice)), false,
                 new java.io.PrintStream(java.io.OutputStream.nullOutputStream()), false).run().losses();
-        MpiRun.Result r = MpiRun.run(2, NcclDistTrainMain.class.getName(), 900, DataParallelTest.config(tmp, "np2", dev).toArray(String[]::new));
+        MpiRun.Result r = MpiRun.run(2, NcclDistTrainMain.class.getName(), 900, DataParallelTest.config(tmp, "np2", onDevice).toArray(String[]::new));
         assertEquals(0, r.exitCode(), r.output());
         assertTrue(r.output().contains("kiln: data parallel over NCCL (fake libnccl over MPI), 2 rank(s)"), r.output());
         for (int rank = 0; rank < 2; rank++) {
