@@ -134,8 +134,9 @@ class NcclDataParallelEmulatedTest {
     void twoRanksUnderMpirunMatchOneProcessOnTheSameGlobalBatch(@TempDir Path tmp) throws Exception {
         MpiRun.assumeMpirun();
         String[] onDevice = {"train.device=cuda:0", "train.max_iters=5", "train.batch_size=4", "optim.lr_decay_iters=5"};
-        var single = new Trainer(ConfigLoader.load(null, DataParallelTest.config(tmp, "single", onDevice)), false,
-                new java.io.PrintStream(java.io.OutputStream.nullOutputStream()), false).run().losses();
+        var singleRun = new Trainer(ConfigLoader.load(null, DataParallelTest.config(tmp, "single", onDevice)), false,
+                new java.io.PrintStream(java.io.OutputStream.nullOutputStream()), false).run();
+        var single = singleRun.losses();
         MpiRun.Result r = MpiRun.run(2, NcclDistTrainMain.class.getName(), 900, DataParallelTest.config(tmp, "np2", onDevice).toArray(String[]::new));
         assertEquals(0, r.exitCode(), r.output());
         assertTrue(r.output().contains("kiln: data parallel over NCCL (fake libnccl over MPI), 2 rank(s)"), r.output());
@@ -149,6 +150,19 @@ class NcclDataParallelEmulatedTest {
                     rank, losses.size(), worst, r.seconds());
             assertTrue(worst <= DataParallelTest.TOLERANCE, "rank " + rank + ": " + losses + " vs " + single);
         }
+        // AdamW barely sees a gradient's scale (a sum in place of the mean would train almost alike): the pre-clipping
+        // norms, which do, must be the single process's too
+        List<Double> norms = gradNorms(tmp.resolve("runs/np2/metrics.jsonl")), singleNorms = gradNorms(singleRun.runDir().resolve("metrics.jsonl"));
+        assertEquals(single.size(), norms.size(), norms.toString());
+        assertTrue(DataParallelTest.maxRelDiff(singleNorms, norms) <= DataParallelTest.TOLERANCE, norms + " vs " + singleNorms);
+    }
+
+    private static List<Double> gradNorms(Path metrics) throws java.io.IOException {
+        var json = new com.fasterxml.jackson.databind.ObjectMapper();
+        List<Double> out = new java.util.ArrayList<>();
+        for (String l : java.nio.file.Files.readAllLines(metrics))
+            if (!l.isBlank() && json.readTree(l).has("grad_norm")) out.add(json.readTree(l).get("grad_norm").asDouble());
+        return out;
     }
 
     private static int vocab(Path tmp) {
