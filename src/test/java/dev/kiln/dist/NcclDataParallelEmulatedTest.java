@@ -157,6 +157,19 @@ class NcclDataParallelEmulatedTest {
         assertTrue(DataParallelTest.maxRelDiff(singleNorms, norms) <= DataParallelTest.TOLERANCE, norms + " vs " + singleNorms);
     }
 
+    /** More ranks on a node than GPUs: every rank ends at once with one line, before training (no hang in a collective). */
+    @Test
+    void fewerGpusThanRanksOnANodeIsOneLine(@TempDir Path tmp) throws Exception {
+        List<String> args = new java.util.ArrayList<>(DataParallelTest.config(tmp, "short", "train.device=cuda"));
+        args.add("--gpus=1");
+        MpiRun.Result r = MpiRun.run(2, NcclDistTrainMain.class.getName(), 120, args.toArray(String[]::new));
+        assertTrue(r.exitCode() != 0, r.output());
+        assertTrue(r.output().contains("mpirun starts 2 rank(s) on this node and each trains on its own GPU (cuda:0 … cuda:1 for train.device cuda), "
+                + "but the driver sees 1 GPU(s); start at most 1 ranks per node"), r.output());
+        assertTrue(r.output().contains("local rank 1: mpirun starts 2 rank(s)"), r.output());
+        assertFalse(r.output().contains("TRAINING"), "no rank started training: " + r.output());
+    }
+
     private static List<Double> gradNorms(Path metrics) throws java.io.IOException {
         var json = new com.fasterxml.jackson.databind.ObjectMapper();
         List<Double> out = new java.util.ArrayList<>();
