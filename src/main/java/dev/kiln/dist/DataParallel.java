@@ -36,7 +36,10 @@ import java.util.Map;
  * Under tensor parallelism the group is the dp group of a {@link ParallelLayout} and the parameters are this rank's
  * tp shard: each ZeRO stage shards that shard (the shards of a tp group have equal shapes, so they agree on owners), and
  * {@link #clip} adds the tp group's sum.
- * The trainer reaches it through {@link #active()} (null in a single process), so a plain run is untouched.
+ * On a GPU ({@link #installOverNccl}, DDP only) the same buckets are packed on the device and averaged over NCCL
+ * ({@link BucketTransport}, {@link NcclBuckets}); losses and norms stay on the host group.
+ * The trainer reaches it through {@link #active()} (null in a single process, unless parallel.backend nccl asks for
+ * the NCCL path at world size 1), so a plain run is untouched.
  */
 public final class DataParallel {
     private static DataParallel active;
