@@ -9,7 +9,8 @@
 #                                   size 1, timings), then
 #                                   `kiln gpu-check --ops` (every op with a CUDA kernel vs the CPU backend, fp32
 #                                   and bf16), then the training runs on the GPU: 50 fp32 steps of the default job on
-#                                   the GPU and on the CPU (parity), the whole default job in bf16 (val loss against
+#                                   the GPU and on the CPU (parity), the same 50 on the GPU with data parallelism over
+#                                   NCCL at world size 1 (parallel.backend nccl: must equal the plain GPU run), the whole default job in bf16 (val loss against
 #                                   the CPU's bar), and GPT-2 124M (L12 H12 C768 T1024, GPT-2 BPE, B16, bf16) for tok/s
 #                                   and peak memory, with PyTorch eager and torch.compile on the same shard beside it
 #                                   (bench/torch_gpt2_gpu.py)
@@ -18,7 +19,7 @@
 #
 # Results go to $OUT (if set, e.g. by the device runner) or bench/results/: gpu.txt, gpu_check.txt, gpu_check.json
 # (the check's last line), gpu_nccl.txt (its NCCL line), gpu_ops.txt,
-# train_parity.txt, train_bf16_default.txt, gpt2_kiln.txt, gpt2_torch.txt and summary.txt (every figure in a few
+# train_parity.txt, train_nccl_ws1.txt, train_bf16_default.txt, gpt2_kiln.txt, gpt2_torch.txt and summary.txt (every figure in a few
 # lines). Exit code: 0 when every check and run passed.
 set -u
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -80,6 +81,14 @@ device() {
         "${jvm[@]}" train --device "$2" --name "parity_$1" "${common[@]}" --set train.max_iters="$parity_steps" \
             --set train.final_eval_iters=10 --set train.eval_interval=1000 || rc=1
     done >"$out/train_parity.txt" 2>&1
+    # 1b. data parallelism over NCCL at world size 1 (no mpirun): gradient buckets packed on the GPU, all-reduced by
+    # NCCL on its own stream, copied back; averaging over one rank changes nothing, so the losses must equal 1.'s device
+    # run's bit for bit. The dry run (CPU) cannot take NCCL: it runs backend auto, only to check the plumbing
+    local nccl_backend=nccl
+    [[ $quick == dry ]] && nccl_backend=auto
+    echo ">> NCCL data parallelism at world size 1: $parity_steps steps on $dev, parallel.backend $nccl_backend" >&2
+    "${jvm[@]}" train --device "$dev" --name parity_nccl "${common[@]}" --set parallel.backend="$nccl_backend" \
+        --set train.max_iters="$parity_steps" --set train.final_eval_iters=10 --set train.eval_interval=1000 >"$out/train_nccl_ws1.txt" 2>&1 || rc=1
     # 2. bf16 (autocast) on the GPU: the whole default job, against the CPU's val-loss bar (README: 1.8909 fp32)
     echo ">> bf16 default job on $dev ($default_iters steps)" >&2
     "${jvm[@]}" train --device "$dev" --name bf16_default "${common[@]}" --set train.precision=bf16 \
@@ -125,6 +134,18 @@ if a and b and len(a) == len(b):
           f"final val {last('parity_device', 'val_loss')} vs {last('parity_cpu', 'val_loss')}")
 else:
     print(f"fp32 parity: runs missing or of different lengths ({len(a)} vs {len(b)} steps)")
+n = steps("parity_nccl")
+ran = (out / "train_nccl_ws1.txt").read_text() if (out / "train_nccl_ws1.txt").exists() else ""
+path = "over NCCL" if "data parallel over NCCL" in ran else "NCCL path NOT taken (dry run: backend auto on the CPU)"
+comm = [l for l in ran.splitlines() if l.startswith("kiln: communication")]
+if n and a and len(n) == len(a):
+    same = all(x["loss"] == y["loss"] for x, y in zip(n, a))
+    d = max(abs(x["loss"] - y["loss"]) for x, y in zip(n, a))
+    print(f"NCCL data parallel, world size 1, {len(n)} steps ({path}) vs the plain device run: "
+          f"{'losses identical bit for bit' if same else f'losses DIFFER, max |dloss| {d:.3g}'}; "
+          f"final val {last('parity_nccl', 'val_loss')} vs {last('parity_device', 'val_loss')}" + (f"; {comm[-1][6:]}" if comm else ""))
+else:
+    print(f"NCCL data parallel, world size 1: runs missing or of different lengths ({len(n)} vs {len(a)} steps); see train_nccl_ws1.txt")
 print(f"bf16 default job: final val loss {last('bf16_default', 'val_loss')} (CPU fp32 bar 1.8909)")
 g = steps("gpt2_bf16")
 timed = [m["tok_per_s"] for m in g[3:] if "tok_per_s" in m]

@@ -16,4 +16,9 @@ public final class Devices {
         if (device.kind() == Device.Kind.CPU) return;
         CudaRuntime.get(device.index());
     }
+
+    /** How many GPUs the driver of the opened {@code device} sees (all of them, not only those free). */
+    public static int cudaDeviceCount(Device device) {
+        return CudaRuntime.get(device.index()).driver().deviceCount();
+    }
 }

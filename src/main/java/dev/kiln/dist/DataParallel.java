@@ -36,7 +36,10 @@ import java.util.Map;
  * Under tensor parallelism the group is the dp group of a {@link ParallelLayout} and the parameters are this rank's
  * tp shard: each ZeRO stage shards that shard (the shards of a tp group have equal shapes, so they agree on owners), and
  * {@link #clip} adds the tp group's sum.
- * The trainer reaches it through {@link #active()} (null in a single process), so a plain run is untouched.
+ * On a GPU ({@link #installOverNccl}, DDP only) the same buckets are packed on the device and averaged over NCCL
+ * ({@link BucketTransport}, {@link NcclBuckets}); losses and norms stay on the host group.
+ * The trainer reaches it through {@link #active()} (null in a single process, unless parallel.backend nccl asks for
+ * the NCCL path at world size 1), so a plain run is untouched.
  */
 public final class DataParallel {
     private static DataParallel active;
@@ -50,7 +53,7 @@ public final class DataParallel {
 
     private final List<Parameter> open = new ArrayList<>(); // the bucket being filled
     private long openElements;
-    private final List<Bucket> inFlight = new ArrayList<>();
+    private final List<BucketTransport.Pending> inFlight = new ArrayList<>();
     private final IdentityHashMap<Parameter, Boolean> queued = new IdentityHashMap<>();
     // communication buffers come back to this pool as soon as their bucket is unpacked, so a rank holds only
     // those of the buckets in flight (a few bucket_mb), not a flat copy of every gradient
@@ -62,9 +65,23 @@ public final class DataParallel {
     private double deferredLoss;
     private int deferredCount;
 
-    private record Bucket(List<Parameter> unpack, MemorySegment send, MemorySegment buf, Work work) {}
+    // how all-reduced buckets travel: host buffers over MPI (this class's own), or GPU buffers over NCCL
+    private final BucketTransport transport;
+
+    /** A host bucket in flight; {@link #unpack()} writes back its averages (stage ≥ 2: the owned ones). */
+    private record Bucket(DataParallel dp, List<Parameter> params, MemorySegment send, MemorySegment buf, Work work) implements BucketTransport.Pending {
+        @Override
+        public void unpack() {
+            dp.unpack(this);
+        }
+    }
 
     private DataParallel(ProcessGroup group, Map<String, Parameter> params, int stage, double bucketMb) {
+        this(group, params, stage, bucketMb, null);
+    }
+
+    /** {@code transport} null: host buffers over {@code group} (MPI); otherwise only stage 0, the buckets over it. */
+    private DataParallel(ProcessGroup group, Map<String, Parameter> params, int stage, double bucketMb, BucketTransport transport) {
         this.group = group;
         this.stage = stage;
         this.rank = group.rank();
@@ -73,7 +90,8 @@ public final class DataParallel {
         this.params = new LinkedHashMap<>(params);
         params.forEach((k, p) -> names.put(p, k));
         this.owners = new ParameterOwners(params, ranks);
-        for (var e : params.entrySet()) FlatF32.data(e.getValue(), e.getKey()); // fail now on a tensor MPI cannot take
+        this.transport = transport != null ? transport : this::allReduceOnHost;
+        if (transport == null) for (var e : params.entrySet()) FlatF32.data(e.getValue(), e.getKey()); // fail now on a tensor MPI cannot take
     }
 
     /**
@@ -111,18 +129,42 @@ public final class DataParallel {
         return dp;
     }
 
+    /**
+     * Data parallelism (DDP, no ZeRO) for a model on a GPU: gradient buckets are packed on the GPU and averaged over
+     * {@code nccl}; losses and other host scalars go over {@code bootstrap} (the MPI group NCCL's unique id came over, or
+     * the single local rank), whose ranks must be {@code nccl}'s. Installed at every world size, 1 included (the whole
+     * NCCL path on one GPU); the parameters may still be on the host here and must be on {@code nccl}'s GPU by the
+     * first backward. {@link #uninstall} closes the communicator.
+     */
+    public static DataParallel installOverNccl(ProcessGroup bootstrap, NcclProcessGroup nccl, Module model, double bucketMb) {
+        if (nccl.size() != bootstrap.size() || nccl.rank() != bootstrap.rank())
+            throw new DistException("NCCL group is rank " + nccl.rank() + " of " + nccl.size() + " but its bootstrap group rank " + bootstrap.rank() + " of " + bootstrap.size());
+        uninstall();
+        DataParallel dp = new DataParallel(bootstrap, model.trainableParameters(), 0, bucketMb, new NcclBuckets(nccl, model.trainableParameters()));
+        dp.checkSameWeights();
+        active = dp;
+        dev.kiln.ops.DropoutRows.set(dp.rank, dp.ranks);
+        return dp;
+    }
+
     /** The data parallelism the trainer runs under, or null (single process). */
     public static DataParallel active() {
         return active;
     }
 
     public static void uninstall() {
+        if (active != null) active.transport.close(); // an NCCL communicator; nothing for MPI's host buffers
         active = null;
         dev.kiln.ops.DropoutRows.clear();
     }
 
     public ProcessGroup group() {
         return group;
+    }
+
+    /** What the NCCL group was handed on a GPU run (its gradients do not go over {@link #group()}), or null. */
+    public CommStats ncclStats() {
+        return transport instanceof NcclBuckets nb ? nb.stats() : null;
     }
 
     public int zeroStage() {
@@ -212,9 +254,9 @@ public final class DataParallel {
     /** Lets MPI progress (Open MPI moves transfers only inside MPI calls) and unpacks the buckets that completed. */
     private void poll() {
         for (var it = inFlight.iterator(); it.hasNext(); ) {
-            Bucket b = it.next();
-            if (b.work.test()) {
-                unpack(b);
+            BucketTransport.Pending b = it.next();
+            if (b.work().test()) {
+                b.unpack();
                 it.remove();
             }
         }
@@ -224,7 +266,7 @@ public final class DataParallel {
     private void unpack(Bucket b) {
         long at = 0;
         float scale = 1f / ranks;
-        for (Parameter p : b.unpack) {
+        for (Parameter p : b.params) {
             if (p.grad() == null) p.setGrad(persistentZerosLike(p));
             FlatF32.unpack(b.buf, at, p.grad(), scale, names.get(p));
             at += p.numel();
@@ -236,15 +278,10 @@ public final class DataParallel {
     private void launch() {
         if (open.isEmpty()) return;
         List<Parameter> order = new ArrayList<>(open);
-        MemorySegment send = buffer(openElements);
         if (stage < 2) {
-            long at = 0;
-            for (Parameter p : order) {
-                FlatF32.pack(p.grad(), p.numel(), send, at, names.get(p));
-                at += p.numel();
-            }
-            inFlight.add(new Bucket(order, send, send, group.allReduceAsync(send, (int) openElements)));
+            inFlight.add(transport.allReduceMean(order, openElements));
         } else {
+            MemorySegment send = buffer(openElements);
             order.sort(java.util.Comparator.comparingInt(p -> owners.owner(names.get(p)))); // stable: ready order within a rank
             int[] counts = new int[ranks];
             long at = 0;
@@ -261,10 +298,21 @@ public final class DataParallel {
                 }
             }
             MemorySegment recv = buffer(Math.max(1, counts[rank]));
-            inFlight.add(new Bucket(mine, send, recv, group.reduceScatterAsync(send, recv, counts)));
+            inFlight.add(new Bucket(this, mine, send, recv, group.reduceScatterAsync(send, recv, counts)));
         }
         open.clear();
         openElements = 0;
+    }
+
+    /** The host transport: the bucket packed into a host buffer and all-reduced over MPI (averaged at unpack). */
+    private BucketTransport.Pending allReduceOnHost(List<Parameter> order, long elements) {
+        MemorySegment send = buffer(elements);
+        long at = 0;
+        for (Parameter p : order) {
+            FlatF32.pack(p.grad(), p.numel(), send, at, names.get(p));
+            at += p.numel();
+        }
+        return new Bucket(this, order, send, send, group.allReduceAsync(send, (int) elements));
     }
 
     /** A free buffer of at least {@code elements} floats (the smallest that fits), or a new one. */
@@ -290,9 +338,9 @@ public final class DataParallel {
         Tape.setGradReadyHook(null);
         for (Parameter p : params.values()) if (!queued.containsKey(p)) ready(p);
         launch();
-        for (Bucket b : inFlight) {
-            b.work.await();
-            unpack(b);
+        for (BucketTransport.Pending b : inFlight) {
+            b.work().await();
+            b.unpack();
         }
         inFlight.clear();
         queued.clear();

@@ -151,6 +151,11 @@ public final class Nccl {
         return system;
     }
 
+    /** Makes {@code nccl} the process's NCCL ({@code null}: load the machine's again on next use): for tests, a fake one. */
+    static synchronized void useSystem(Nccl nccl) {
+        system = nccl;
+    }
+
     /** Loads the library {@link #find} gives, else asks the dynamic linker for libnccl.so.2. */
     static Nccl load(Map<String, String> env, Path root) {
         Optional<Path> file = find(env, root);

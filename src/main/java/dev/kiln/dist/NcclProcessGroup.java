@@ -101,6 +101,11 @@ public final class NcclProcessGroup implements AutoCloseable {
         return stats;
     }
 
+    /** The GPU the group runs on (its compute stream is the one collectives wait for). */
+    public CudaRuntime runtime() {
+        return rt;
+    }
+
     /** The stream the collectives run on. */
     public MemorySegment stream() {
         return stream;

@@ -19,15 +19,49 @@ import java.util.List;
 public final class DevicePlacement {
     private DevicePlacement() {}
 
-    /** The run's device, checked: the CPU always; a GPU when present and the config uses only what runs there. */
+    /**
+     * The run's device, checked: the CPU always; a GPU when present and the config uses only what runs there. Under
+     * mpirun each rank takes its own GPU of its node: {@code cuda:i} (i from train.device, 0 for plain cuda) plus its
+     * local rank; a node with fewer GPUs than that is one line on every rank.
+     */
     public static Device of(RunConfig cfg) {
-        Device device = Device.parse(cfg.train().device());
+        Device device = rankDevice(cfg);
         if (device.kind() == Device.Kind.CPU) return device;
         List<String> refused = refusals(cfg);
         if (!refused.isEmpty())
             throw new TrainingException("train.device " + device + ": not on a GPU yet: " + String.join(", ", refused) + "; use train.device cpu for these");
-        Devices.requireTrainable(device); // no GPU, driver or library: one line saying what was looked for
+        if (!ProcessGroup.launchedByMpirun()) {
+            Devices.requireTrainable(device); // no GPU, driver or library: one line saying what was looked for
+            return device;
+        }
+        int localRank = localEnv("OMPI_COMM_WORLD_LOCAL_RANK"), localSize = localEnv("OMPI_COMM_WORLD_LOCAL_SIZE");
+        int first = device.index() - localRank, needed = first + localSize;
+        String perRank = "mpirun starts " + localSize + " rank(s) on this node and each trains on its own GPU (cuda:" + first + " … cuda:"
+                + (needed - 1) + " for train.device " + cfg.train().device().trim() + ")";
+        try {
+            Devices.requireTrainable(device);
+        } catch (dev.kiln.KilnException e) {
+            throw new TrainingException("local rank " + localRank + ": " + perRank + ", but " + e.getMessage());
+        }
+        int count = Devices.cudaDeviceCount(device);
+        if (count < needed) throw new TrainingException(perRank + ", but the driver sees " + count + " GPU(s); start at most " + Math.max(0, count - first) + " ranks per node");
         return device;
+    }
+
+    /** train.device, and under mpirun on a GPU: moved up by this rank's local rank (OMPI_COMM_WORLD_LOCAL_RANK). */
+    static Device rankDevice(RunConfig cfg) {
+        Device device = Device.parse(cfg.train().device());
+        if (device.kind() == Device.Kind.CPU || !ProcessGroup.launchedByMpirun()) return device;
+        return new Device(Device.Kind.CUDA, device.index() + localEnv("OMPI_COMM_WORLD_LOCAL_RANK"));
+    }
+
+    private static int localEnv(String name) {
+        String v = System.getenv(name);
+        try {
+            return v == null ? name.endsWith("SIZE") ? 1 : 0 : Integer.parseInt(v.trim());
+        } catch (NumberFormatException e) {
+            throw new TrainingException(name + "=" + v + " set by mpirun is not a number");
+        }
     }
 
     /** What the config asks for that does not run on a device yet (empty: all of it does). */
@@ -48,7 +82,17 @@ public final class DevicePlacement {
         if (av.ema_decay() > 0 || av.swa_start() > 0 || av.lawa_k() > 0) out.add("averaging");
         if (cfg.curriculum().difficulty()) out.add("curriculum.difficulty");
         if (!cfg.faults().overflow_steps().isBlank()) out.add("faults.overflow_steps");
-        if (ProcessGroup.launchedByMpirun()) out.add("mpirun (data parallelism over NCCL is not built)");
+        // data parallelism over NCCL (under mpirun, or parallel.backend nccl at world size 1) is DDP: what else of
+        // parallel: runs on a GPU is not built yet
+        var pc = cfg.parallel();
+        if (ProcessGroup.launchedByMpirun() || pc.backend().equals("nccl")) {
+            if (pc.zero_stage() > 0) out.add("parallel.zero_stage " + pc.zero_stage() + " (data parallelism over NCCL is DDP, stage 0)");
+            if (pc.tp() > 1) out.add("parallel.tp " + pc.tp());
+            if (pc.pp() > 1) out.add("parallel.pp " + pc.pp());
+            if (pc.checkpoint().equals("sharded")) out.add("parallel.checkpoint sharded");
+        }
+        if (ProcessGroup.launchedByMpirun() && pc.backend().equals("mpi"))
+            out.add("parallel.backend mpi under mpirun (MPI averages host memory; auto or nccl averages the GPU's over NCCL)");
         return out;
     }
 

@@ -58,6 +58,7 @@ final class ParallelRun {
     static DataParallel start(RunConfig cfg, CausalLm model, PrintStream out) {
         DataParallel.uninstall();
         PipelineParallel.uninstall();
+        if (DeviceDataParallel.applies(cfg)) return DeviceDataParallel.start(cfg, model, out); // a GPU run: DDP over NCCL
         if (!ProcessGroup.launchedByMpirun()) return null;
         ParallelConfig pc = cfg.parallel();
         MpiProcessGroup.setTimeoutSeconds(pc.timeout_s());
@@ -110,6 +111,12 @@ final class ParallelRun {
             for (var kind : k.getEnumConstants())
                 if (ts.calls(kind) > 0) sb.append('"').append(kind.name().toLowerCase()).append("\": ").append(ts.bytes(kind)).append(", ");
             sb.append("\"calls\": ").append(java.util.Arrays.stream(k.getEnumConstants()).mapToLong(ts::calls).sum()).append("}, ");
+        }
+        var nccl = dp != null ? dp.ncclStats() : null;
+        if (nccl != null) { // a GPU run: the gradients went over NCCL, only host scalars over the group above
+            wire += nccl.wireBytes(n);
+            sb.append("\"nccl\": {\"all_reduce\": ").append(nccl.bytes(dev.kiln.dist.CommStats.Kind.ALL_REDUCE))
+                    .append(", \"calls\": ").append(nccl.calls(dev.kiln.dist.CommStats.Kind.ALL_REDUCE)).append("}, ");
         }
         sb.append("\"ring_wire_bytes\": ").append(Math.round(wire));
         if (pipe != null) { // collective: every stage adds what it sent point to point

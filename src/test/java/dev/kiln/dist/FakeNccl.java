@@ -44,6 +44,12 @@ final class FakeNccl {
     static volatile int asyncError;
     static volatile boolean hang;
     static volatile int failNextWith;
+    /**
+     * Over-MPI mode, for one rank per process under mpirun ({@link NcclDistTrainMain}): a communicator is this process's
+     * rank alone, and a (sum or avg) all-reduce reads this rank's buffer, sums it over this MPI group, and writes
+     * the result back, as NCCL would across the processes' GPUs. Null: ranks are threads of this process.
+     */
+    static volatile ProcessGroup overMpi;
 
     private static final Map<String, Clique> cliques = new ConcurrentHashMap<>();
     private static final Map<Long, Comm> comms = new ConcurrentHashMap<>();
@@ -130,6 +136,7 @@ final class FakeNccl {
         asyncError = 0;
         hang = false;
         failNextWith = 0;
+        overMpi = null;
         cliques.clear();
         comms.clear();
         mailboxes.clear();
@@ -234,6 +241,7 @@ final class FakeNccl {
             if (badType(a.type) || a.op >= 0 && badOp(a.op)) return INVALID_ARGUMENT;
             if (stream.address() == 0) return INVALID_USAGE;
             if (hang) return SUCCESS;   // enqueued, but a peer never joins: the stream's event never completes
+            if (overMpi != null) return allReduceOverMpi(a, c.clique.n);
             Clique q = c.clique;
             q.slots[c.rank] = a;
             q.barrier.await(10, TimeUnit.SECONDS);
@@ -264,6 +272,7 @@ final class FakeNccl {
         try {
             String key = HexFormat.of().formatHex(id.toArray(ValueLayout.JAVA_BYTE));
             calls.add("ncclCommInitRank(" + nranks + ", id " + key.substring(0, 8) + "…, " + rank + ")");
+            if (overMpi != null) return joinOverMpi(out, nranks, rank);
             if (!known.contains(key)) {   // e.g. a rank that did not receive rank 0's id
                 errors.add("ncclCommInitRank: an id ncclGetUniqueId never made");
                 return INVALID_ARGUMENT;
@@ -282,6 +291,30 @@ final class FakeNccl {
         } catch (Exception e) {
             return failed("ncclCommInitRank: " + e);
         }
+    }
+
+    private static int joinOverMpi(MemorySegment out, int nranks, int rank) {
+        if (nranks != overMpi.size() || rank != overMpi.rank()) return failed("ncclCommInitRank: rank " + rank + " of " + nranks + " but MPI rank "
+                + overMpi.rank() + " of " + overMpi.size());
+        long h = Arena.global().allocate(8).address();
+        comms.put(h, new Comm(h, new Clique(nranks), rank));
+        out.reinterpret(8).set(ValueLayout.ADDRESS, 0, MemorySegment.ofAddress(h));
+        return SUCCESS;
+    }
+
+    /** Over-MPI mode's all-reduce: this rank's buffer summed over the MPI group (fp32 on the wire), averaged for ncclAvg. */
+    private static int allReduceOverMpi(Args a, int n) {
+        if (!a.kind.equals("allReduce") || a.op == MAX) return failed("over MPI the fake runs only sum and avg all-reduces, got " + a.kind + " op " + a.op);
+        float[] v = read(a.send, 0, a.count, a.type);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment buf = arena.allocate(4L * Math.max(1, v.length), 4);
+            MemorySegment.copy(v, 0, buf, ValueLayout.JAVA_FLOAT, 0, v.length);
+            overMpi.allReduce(buf, v.length);
+            float[] r = buf.asSlice(0, 4L * v.length).toArray(ValueLayout.JAVA_FLOAT);
+            if (a.op == AVG) for (int i = 0; i < r.length; i++) r[i] /= n;
+            write(a.recv, 0, r, a.type);
+        }
+        return SUCCESS;
     }
 
     static int ncclCommDestroy(MemorySegment comm) {

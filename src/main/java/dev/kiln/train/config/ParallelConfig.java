@@ -2,7 +2,7 @@ package dev.kiln.train.config;
 
 /**
  * Parallel training across the ranks of {@code mpirun -np N bin/kiln train}: dp × tp × pp = N. Keys under
- * {@code parallel:}; a single process (not started by mpirun) ignores them.
+ * {@code parallel:}; a single process (not started by mpirun) ignores them, except {@code backend: nccl} on a GPU.
  *
  * @param dp           data-parallel ranks; 0 = every rank left over, N / (tp · pp)
  * @param zero_stage   ZeRO sharding over the data-parallel ranks: 0 = plain DDP (gradients all-reduced), 1 = optimizer
@@ -15,9 +15,11 @@ package dev.kiln.train.config;
  * @param micro_batches micro-batches per step in the pipeline; 0 = pp
  * @param checkpoint   consolidated (rank 0 writes the single-process checkpoint) or sharded (every rank writes the
  *                     pieces it owns; see ShardedCheckpoint)
+ * @param backend      what averages the gradients: auto (MPI for a CPU run, NCCL for a run on a GPU), mpi, or nccl
+ *                     (a GPU run only; also in a single process: the NCCL data-parallel path at world size 1)
  */
-public record ParallelConfig(int dp, int zero_stage, double bucket_mb, double timeout_s, int tp, int pp, String pp_schedule, int micro_batches, String checkpoint) {
+public record ParallelConfig(int dp, int zero_stage, double bucket_mb, double timeout_s, int tp, int pp, String pp_schedule, int micro_batches, String checkpoint, String backend) {
     public static ParallelConfig defaults() {
-        return new ParallelConfig(0, 0, 4.0, 60.0, 1, 1, "1f1b", 0, "consolidated");
+        return new ParallelConfig(0, 0, 4.0, 60.0, 1, 1, "1f1b", 0, "consolidated", "auto");
     }
 }

@@ -291,6 +291,10 @@ public record RunConfig(GptConfig model, DataConfig data, OptimConfig optim, Tra
         nonNegative("parallel.micro_batches", pc.micro_batches());
         if (!pc.checkpoint().equals("consolidated") && !pc.checkpoint().equals("sharded"))
             fail("parallel.checkpoint", "must be consolidated or sharded, got '" + pc.checkpoint() + "'");
+        if (!java.util.List.of("auto", "mpi", "nccl").contains(pc.backend()))
+            fail("parallel.backend", "must be auto, mpi or nccl, got '" + pc.backend() + "'");
+        if (pc.backend().equals("nccl") && train.device().trim().equalsIgnoreCase("cpu"))
+            fail("parallel.backend", "nccl averages GPU memory and needs train.device cuda[:i]; a CPU run uses auto or mpi", "train.device");
         return this;
     }
 

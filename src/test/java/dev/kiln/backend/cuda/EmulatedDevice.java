@@ -31,18 +31,30 @@ final class EmulatedDevice {
 
     /** Opens the emulated cuda:0 and installs it for this process; {@link #uninstall} when done. */
     static CudaRuntime install(Path kernelCacheDir) {
+        return install(kernelCacheDir, 0, 1);
+    }
+
+    /**
+     * Opens the emulated cuda:{@code index} of a fake driver reporting {@code devices} GPUs and installs it for this
+     * process (e.g. a rank's local GPU under mpirun: each process emulates its own).
+     */
+    static CudaRuntime install(Path kernelCacheDir, int index, int devices) {
         KernelEmulator emu = KernelEmulator.get();   // skips the test where g++ is missing
         FakeDriver.reset();
         FakeDriver.emulator = emu;
-        CudaRuntime rt = CudaRuntime.open(new CudaDriver(FakeDriver.lookup()), new CudaLibraries(Map.of(), Path.of("/nonexistent-root")), 0);
+        FakeDriver.devices = devices;
+        CudaRuntime rt = CudaRuntime.open(new CudaDriver(FakeDriver.lookup()), new CudaLibraries(Map.of(), Path.of("/nonexistent-root")), index);
         rt.bindCublas(FakeCublas.lookup());
         rt.useKernelCache(new KernelCache(kernelCacheDir, new TokenCompiler()));
-        CudaRuntime.install(0, rt);
+        installed = index;
+        CudaRuntime.install(index, rt);
         return rt;
     }
 
+    private static int installed;
+
     static void uninstall() {
-        CudaRuntime.install(0, null);
+        CudaRuntime.install(installed, null);
         FakeDriver.reset();
     }
 }

@@ -29,6 +29,8 @@ final class FakeDriver {
     static int initResult = 0;
     static int failCopiesWith = 0;                 // a CUresult the next async copy returns (0 = succeed)
     static long capacity = 1L << 30, used;
+    /** How many GPUs the fake driver reports (ordinals 0 … devices−1, CUdevice 40 + ordinal). */
+    static int devices = 1;
     static final Map<Long, Long> live = new HashMap<>();
     static final List<String> calls = java.util.Collections.synchronizedList(new ArrayList<>());   // ranks' threads call too (NCCL fakes)
     static final List<Object[]> launches = new ArrayList<>();
@@ -47,6 +49,7 @@ final class FakeDriver {
         initResult = 0;
         failCopiesWith = 0;
         capacity = 1L << 30;
+        devices = 1;
         used = 0;
         live.clear();
         calls.clear();
@@ -137,7 +140,7 @@ final class FakeDriver {
     }
 
     static int cuDeviceGetCount(MemorySegment n) {
-        out(n, 4).set(INT, 0, 1);
+        out(n, 4).set(INT, 0, devices);
         return 0;
     }
 
@@ -147,7 +150,7 @@ final class FakeDriver {
     }
 
     static int cuDeviceGetName(MemorySegment buf, int len, int dev) {
-        if (dev != 40) return 1;
+        if (dev < 40 || dev >= 40 + devices) return 1;
         out(buf, len).setString(0, "Fake GPU");
         return 0;
     }
@@ -159,7 +162,7 @@ final class FakeDriver {
             case 16 -> 132;
             default -> -1;
         };
-        if (value < 0 || dev != 40) return 1;
+        if (value < 0 || dev < 40 || dev >= 40 + devices) return 1;
         out(v, 4).set(INT, 0, value);
         return 0;
     }

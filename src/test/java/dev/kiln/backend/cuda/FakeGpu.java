@@ -18,6 +18,23 @@ public final class FakeGpu {
         return CudaRuntime.open(new CudaDriver(FakeDriver.lookup()), new CudaLibraries(Map.of(), Path.of("/nonexistent-root")), 0);
     }
 
+    /**
+     * The {@link EmulatedDevice} (kernels emulated on the host, fake cuBLAS) installed as this process's cuda:0, for
+     * training on it from other packages' tests; {@link #uninstallEmulated} when done. Skips where g++ is missing.
+     */
+    public static CudaRuntime installEmulated(Path kernelCacheDir) {
+        return EmulatedDevice.install(kernelCacheDir);
+    }
+
+    /** The emulated cuda:{@code index} of a driver reporting {@code devices} GPUs (a rank's local GPU under mpirun). */
+    public static CudaRuntime installEmulated(Path kernelCacheDir, int index, int devices) {
+        return EmulatedDevice.install(kernelCacheDir, index, devices);
+    }
+
+    public static void uninstallEmulated() {
+        EmulatedDevice.uninstall();
+    }
+
     /** The driver calls made so far, in order (e.g. "cuEventRecord(stream 0x…)", "cuStreamWaitEvent(stream 0x…)"). */
     public static List<String> calls() {
         synchronized (FakeDriver.calls) {

@@ -50,7 +50,7 @@ class ConfigLoaderTest {
         assertEquals(new CurriculumConfig(0, 500, false, "sqrt", 0.1, 1000), d.curriculum());
         assertEquals(new LoraConfig(0, 8.0, "c_attn", 0.0, ""), d.lora());
         assertEquals(new QatConfig(8, false, false, 0), d.qat());
-        assertEquals(new ParallelConfig(0, 0, 4.0, 60.0, 1, 1, "1f1b", 0, "consolidated"), d.parallel());
+        assertEquals(new ParallelConfig(0, 0, 4.0, 60.0, 1, 1, "1f1b", 0, "consolidated", "auto"), d.parallel());
         assertEquals(d, d.validate());
         assertTrue(KilnException.class.isAssignableFrom(ConfigException.class));
     }
@@ -64,12 +64,12 @@ class ConfigLoaderTest {
     @Test
     void keysListsEveryLeaf() {
         List<String> keys = ConfigLoader.keys();
-        assertEquals(14 + 5 + 18 + 37 + 7 + 5 + 3 + 6 + 5 + 4 + 9, keys.size());
+        assertEquals(14 + 5 + 18 + 37 + 7 + 5 + 3 + 6 + 5 + 4 + 10, keys.size());
         assertEquals("model.n_layer", keys.getFirst());
         assertTrue(keys.contains("optim.learning_rate"));
         assertTrue(keys.contains("train.sample_tokens"));
         assertTrue(keys.contains("model.init") && keys.contains("train.layer_drop"));
-        assertEquals("parallel.checkpoint", keys.getLast());
+        assertEquals("parallel.backend", keys.getLast());
     }
 
     @Test
