@@ -1,5 +1,7 @@
 package dev.kiln.train;
 
+import dev.kiln.tensor.Shape;
+
 import java.lang.foreign.MemorySegment;
 
 /**
@@ -45,7 +47,7 @@ final class BlockOverlap {
             MemorySegment.copy(src, srcBase, dst, dstBase, elementBytes);
             return elementBytes;
         }
-        long[] ss = strides(srcShape), ds = strides(dstShape);
+        long[] ss = Shape.contiguousStrides(srcShape), ds = Shape.contiguousStrides(dstShape);
         long run = shape[rank - 1] * elementBytes, runs = total / shape[rank - 1];
         int[] idx = new int[rank - 1];
         for (long r = 0; r < runs; r++) {
@@ -62,15 +64,5 @@ final class BlockOverlap {
             }
         }
         return total * elementBytes;
-    }
-
-    private static long[] strides(int[] shape) {
-        long[] st = new long[shape.length];
-        long s = 1;
-        for (int d = shape.length - 1; d >= 0; d--) {
-            st[d] = s;
-            s *= shape[d];
-        }
-        return st;
     }
 }

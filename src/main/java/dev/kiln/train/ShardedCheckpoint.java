@@ -322,16 +322,21 @@ public final class ShardedCheckpoint {
         return dot < 0 ? key : key.substring(0, dot);
     }
 
-    /** Copies one block into its tensor, checking its bounds and its overlap with the blocks placed before. */
-    private static void place(Map<String, Assembly> into, JsonNode m, Tensor block, String file) {
-        String name = m.path("name").asText();
-        int[] shape = ints(m.path("shape")), offset = ints(m.path("offset")), bs = block.shape();
+    /** A one-line error unless the block of shape {@code bs} at {@code offset} lies inside a tensor of {@code shape}. */
+    static void checkInside(Object file, String name, int[] shape, int[] offset, int[] bs) {
         if (offset.length != shape.length || bs.length != shape.length)
             throw new TrainingException(file + ": piece of " + name + " has a block of rank " + bs.length + " for a tensor of shape " + Arrays.toString(shape));
         for (int d = 0; d < shape.length; d++)
             if (offset[d] < 0 || offset[d] + bs[d] > shape[d])
                 throw new TrainingException(file + ": piece of " + name + " at " + Arrays.toString(offset) + " of shape " + Arrays.toString(bs)
                         + " lies outside " + Arrays.toString(shape));
+    }
+
+    /** Copies one block into its tensor, checking its bounds and its overlap with the blocks placed before. */
+    private static void place(Map<String, Assembly> into, JsonNode m, Tensor block, String file) {
+        String name = m.path("name").asText();
+        int[] shape = ints(m.path("shape")), offset = ints(m.path("offset")), bs = block.shape();
+        checkInside(file, name, shape, offset, bs);
         Assembly a = into.computeIfAbsent(name, n -> new Assembly(n, block.dtype(), shape));
         if (!Arrays.equals(a.shape, shape) || a.full.dtype() != block.dtype())
             throw new TrainingException(file + ": piece of " + name + " says shape " + Arrays.toString(shape) + " " + block.dtype()

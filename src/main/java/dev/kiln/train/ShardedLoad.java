@@ -257,12 +257,7 @@ public final class ShardedLoad {
                 if (!isModel && !key.startsWith(ShardedCheckpoint.OPTIMIZER)) throw new TrainingException(file + ": tensor " + key + " is neither model/ nor optimizer/");
                 String tensor = m.path("name").asText();
                 int[] shape = ints(m.path("shape")), offset = ints(m.path("offset")), bs = e.getValue().shape();
-                if (offset.length != shape.length || bs.length != shape.length)
-                    throw new TrainingException(file + ": piece of " + tensor + " has a block of rank " + bs.length + " for a tensor of shape " + Arrays.toString(shape));
-                for (int d = 0; d < shape.length; d++)
-                    if (offset[d] < 0 || offset[d] + bs[d] > shape[d])
-                        throw new TrainingException(file + ": piece of " + tensor + " at " + Arrays.toString(offset) + " of shape " + Arrays.toString(bs)
-                                + " lies outside " + Arrays.toString(shape));
+                ShardedCheckpoint.checkInside(file, tensor, shape, offset, bs);
                 Map<String, int[]> shapes = isModel ? modelShapes : optimShapes;
                 int[] before = shapes.putIfAbsent(tensor, shape);
                 if (before != null && !Arrays.equals(before, shape))

@@ -86,11 +86,11 @@ class ModelParallelOptionsTest {
         return r;
     }
 
-    /** "step:loss_scale[ overflow]" of every step record of run {@code name}'s metrics.jsonl. */
-    static List<String> scaleSequence(String name) throws IOException {
+    /** "step:loss_scale[ overflow]" of every step record of run {@code name}'s metrics.jsonl (rank 0's) under {@code runs}. */
+    static List<String> scaleSequence(Path runs, String name) throws IOException {
         ObjectMapper json = new ObjectMapper();
         List<String> out = new ArrayList<>();
-        for (String line : Files.readAllLines(tmp.resolve("runs").resolve(name).resolve("metrics.jsonl"))) {
+        for (String line : Files.readAllLines(runs.resolve(name).resolve("metrics.jsonl"))) {
             if (line.isBlank()) continue;
             JsonNode n = json.readTree(line);
             if (n.has("loss")) out.add(n.get("step") + ":" + n.get("loss_scale") + (n.has("overflow") ? " overflow" : ""));
@@ -99,10 +99,10 @@ class ModelParallelOptionsTest {
     }
 
     /** The same skipped steps and loss scales as the single process, which skipped the injected overflows. */
-    static void sameScales(String name, String singleName) throws IOException {
-        List<String> want = scaleSequence(singleName), got = scaleSequence(name);
+    static void sameScales(Path runs, String name, String singleName) throws IOException {
+        List<String> want = scaleSequence(runs, singleName), got = scaleSequence(runs, name);
         System.out.println(name + ": fp16 loss scale per step " + got);
-        assertEquals(want, got, "the same skipped steps and loss-scale sequence");
+        assertEquals(want, got, name + ": the same skipped steps and loss-scale sequence");
         assertTrue(want.stream().filter(x -> x.endsWith("overflow")).count() >= 3, "the injected overflows skipped steps: " + want);
     }
 
@@ -127,7 +127,7 @@ class ModelParallelOptionsTest {
         Trainer.Result s = single("tp2_fp16_single", extra);
         var r = sameLosses(2, "tp2_fp16", s, concat(extra, "parallel.tp=2"));
         assertTrue(r.output().contains("kiln: tensor parallel over 2 ranks"), r.output());
-        sameScales("tp2_fp16", "tp2_fp16_single");
+        sameScales(tmp.resolve("runs"), "tp2_fp16", "tp2_fp16_single");
         sameCheckpoint("tp2_fp16", s, 1e-3); // whole model and AdamW state, and grad_scaler.scale / growth_tracker
 
         PipelineParallelTest.copyTree(tmp.resolve("runs/tp2_fp16"), tmp.resolve("runs/tp2_fp16_resumed"));
@@ -143,7 +143,7 @@ class ModelParallelOptionsTest {
         double diff = DataParallelTest.maxRelDiff(rest, s.losses().subList(10, 20));
         System.out.printf("tp 2 fp16 resumed at tp 2 from step 10: max relative loss difference %.3g%n", diff);
         assertTrue(diff < TOLERANCE, rest + " vs " + s.losses().subList(10, 20));
-        sameScales("tp2_fp16_resumed", "tp2_fp16_single");
+        sameScales(tmp.resolve("runs"), "tp2_fp16_resumed", "tp2_fp16_single");
     }
 
     @Test
@@ -167,7 +167,7 @@ class ModelParallelOptionsTest {
         Trainer.Result s = single("pp2_accum_fp16_single", extra);
         var r = sameLosses(2, "pp2_accum_fp16", s, concat(extra, "parallel.pp=2", "parallel.pp_schedule=1f1b", "parallel.micro_batches=2"));
         assertTrue(r.output().contains("kiln: pipeline parallel over 2 stages"), r.output());
-        sameScales("pp2_accum_fp16", "pp2_accum_fp16_single");
+        sameScales(tmp.resolve("runs"), "pp2_accum_fp16", "pp2_accum_fp16_single");
         // the tied wte's two halves (stage 0's, the last stage's) meet only after the flush, so its running sum over
         // the 2 micro-steps is rounded to fp16 otherwise than the single process's round(e1 + h1) (every other
         // gradient is rounded as the single process's; measured: 4.2e-3 in wte, the largest); AdamW turns

@@ -104,26 +104,6 @@ class ZeroThreeMixedPrecisionTest {
         return Arrays.asList(line.substring(prefix.length()).trim().split(" "));
     }
 
-    /** "step:loss_scale[ overflow]" of every step record of run {@code name}'s metrics.jsonl (rank 0's). */
-    static List<String> scaleSequence(String name) throws Exception {
-        var json = new com.fasterxml.jackson.databind.ObjectMapper();
-        List<String> out = new ArrayList<>();
-        for (String line : Files.readAllLines(tmp.resolve("runs").resolve(name).resolve("metrics.jsonl"))) {
-            if (line.isBlank()) continue;
-            var n = json.readTree(line);
-            if (n.has("loss")) out.add(n.get("step") + ":" + n.get("loss_scale") + (n.has("overflow") ? " overflow" : ""));
-        }
-        return out;
-    }
-
-    /** The same skipped steps and loss scales as the single process, which skipped the injected overflows. */
-    static void sameScales(String name, String singleName) throws Exception {
-        List<String> want = scaleSequence(singleName), got = scaleSequence(name);
-        System.out.println(name + ": fp16 loss scale per step " + got);
-        assertEquals(want, got, name + ": the same skipped steps and loss-scale sequence");
-        assertTrue(want.stream().filter(x -> x.endsWith("overflow")).count() >= 3, "the injected overflows skipped steps: " + want);
-    }
-
     /**
      * dp 2: also the all-gathers, exactly: per step unit −1 (embeddings, ln_f) once and each block twice (forward,
      * and again in backward), each rank's block of fp16 elements padded to whole 4-byte slots; then the final
@@ -134,7 +114,7 @@ class ZeroThreeMixedPrecisionTest {
         String[] extra = concat(FP16, "model.dropout=0.1");
         Trainer.Result s = single("dp2_fp16_single", extra);
         List<String> lines = dist(2, "dp2z3_fp16", s, concat(extra, "parallel.zero_stage=3"));
-        sameScales("dp2z3_fp16", "dp2_fp16_single");
+        ModelParallelOptionsTest.sameScales(tmp.resolve("runs"), "dp2z3_fp16", "dp2_fp16_single");
         for (String file : List.of("model.safetensors", "optimizer.safetensors")) // masters, AdamW state, grad_scaler.*
             PipelineParallelTest.sameCheckpoint(tmp.resolve("runs/dp2z3_fp16"), s, "dp2z3_fp16", file, 1e-3);
 
@@ -191,7 +171,7 @@ class ZeroThreeMixedPrecisionTest {
         String[] extra = concat(FP16, "model.dropout=0", "train.checkpoint_interval=10");
         Trainer.Result s = single("dp2tp2_fp16_single", extra);
         dist(4, "dp2tp2z3_fp16", s, concat(extra, "parallel.tp=2", "parallel.zero_stage=3", "parallel.checkpoint=sharded"));
-        sameScales("dp2tp2z3_fp16", "dp2tp2_fp16_single");
+        ModelParallelOptionsTest.sameScales(tmp.resolve("runs"), "dp2tp2z3_fp16", "dp2tp2_fp16_single");
         Path step10 = tmp.resolve("runs/dp2tp2z3_fp16/checkpoints/step-000010");
         assertTrue(ShardedCheckpoint.isSharded(step10));
 
@@ -210,7 +190,7 @@ class ZeroThreeMixedPrecisionTest {
             var r = new Trainer(ConfigLoader.load(null, config(copy, extra)), true, new PrintStream(new ByteArrayOutputStream()), false).run();
             assertEquals(10, r.firstStep(), copy + " resumed at step 10");
             rests.add(r.losses());
-            sameScales(copy, "dp2tp2_fp16_single");
+            ModelParallelOptionsTest.sameScales(tmp.resolve("runs"), copy, "dp2tp2_fp16_single");
         }
         assertEquals(rests.get(1), rests.get(0), "resumed from the sharded and from the consolidated checkpoint");
         double diff = DataParallelTest.maxRelDiff(rests.get(0), s.losses().subList(10, 20));
