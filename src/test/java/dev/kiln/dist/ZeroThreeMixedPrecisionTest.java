@@ -56,7 +56,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  */
 class ZeroThreeMixedPrecisionTest {
     static final double TOLERANCE = 1e-4;
-    static final String[] FP16 = {"train.precision=fp16", "train.loss_scale_window=5", "faults.overflow_steps=8,9,10"};
+    static final String[] FP16 = ModelParallelOptionsTest.OVERFLOWS; // fp16 with overflows injected at steps 8-10
 
     @TempDir
     static Path tmp;
